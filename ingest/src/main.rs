@@ -1,0 +1,14 @@
+use anyhow::Context;
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ingest::Config::parse();
+    runtime::logging::init(&config.log);
+    config.validate().context("invalid configuration")?;
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.listen))?;
+    let shutdown = runtime::shutdown::on_signal();
+    ingest::run(config, listener, shutdown).await?;
+    Ok(())
+}

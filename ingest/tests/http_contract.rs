@@ -1,0 +1,262 @@
+//! The HTTP contract of DESIGN.md, checked against an in-memory publisher. The same
+//! routes run against a real broker in the end-to-end tests (`tests/` crate).
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::http::StatusCode;
+use actix_web::{test, web, App};
+use ingest::config::{HttpArgs, Tokens};
+use ingest::error::PublishError;
+use ingest::publisher::{BoxFuture, Publisher};
+use ingest::routes::{configure, State};
+use schemas::avro;
+
+const TOKEN: &str = "tok_acme_0123456789";
+const OLD_TOKEN: &str = "tok_acme_previous_1";
+
+#[derive(Default)]
+struct Recorder {
+    records: Mutex<Vec<(String, Vec<u8>)>>,
+    down: bool,
+}
+
+impl Publisher for Recorder {
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            if self.down {
+                return Err(PublishError::Unavailable("broker down".into()));
+            }
+            self.records.lock().unwrap().push((key.to_owned(), payload));
+            Ok(())
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { !self.down })
+    }
+}
+
+fn state(publisher: Arc<Recorder>) -> web::Data<State> {
+    web::Data::new(State {
+        tokens: format!("acme={TOKEN},acme={OLD_TOKEN}")
+            .parse::<Tokens>()
+            .unwrap(),
+        http: HttpArgs {
+            max_body_bytes: 4096,
+            produce_timeout_ms: 1000,
+            retry_after_s: 3,
+        },
+        publisher,
+    })
+}
+
+macro_rules! app {
+    ($publisher:expr) => {{
+        let state = state($publisher);
+        test::init_service(App::new().configure(move |cfg| configure(cfg, state))).await
+    }};
+}
+
+fn post(path: &str, body: &str) -> actix_web::test::TestRequest {
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/json"))
+        .set_payload(body.to_owned())
+}
+
+const CALL: &str = r#"{"id": 880142, "type": "inbound", "duration": 12}"#;
+
+#[actix_web::test]
+async fn accepted_event_is_published_with_its_key_and_unchanged_body() {
+    let recorder = Arc::new(Recorder::default());
+    let app = app!(recorder.clone());
+    let resp = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), CALL).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let receipt: serde_json::Value = test::read_body_json(resp).await;
+    let event_id = receipt["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(event_id.len(), 32);
+
+    let records = recorder.records.lock().unwrap();
+    assert_eq!(records.len(), 1);
+    let (key, payload) = &records[0];
+    assert_eq!(key, "acme:call:880142");
+    let envelope = avro::raw_envelope().decode(payload).unwrap();
+    assert_eq!(envelope.event_id, event_id);
+    assert_eq!(
+        (envelope.tenant.as_str(), envelope.event.as_str()),
+        ("acme", "call-ended")
+    );
+    assert_eq!(envelope.body, CALL.as_bytes());
+    assert!(envelope.received_at > 1_700_000_000_000);
+}
+
+#[actix_web::test]
+async fn a_retry_gets_the_same_event_id_with_either_token() {
+    let app = app!(Arc::new(Recorder::default()));
+    let mut ids = Vec::new();
+    for (token, body) in [
+        (TOKEN, CALL),
+        (OLD_TOKEN, r#"{"duration":12,"type":"inbound","id":880142}"#),
+    ] {
+        let resp = test::call_service(
+            &app,
+            post(&format!("/hooks/{token}/call-ended"), body).to_request(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let receipt: serde_json::Value = test::read_body_json(resp).await;
+        ids.push(receipt["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[actix_web::test]
+async fn unknown_token_answers_exactly_like_an_unknown_path() {
+    let app = app!(Arc::new(Recorder::default()));
+    let by_token = test::call_service(
+        &app,
+        post("/hooks/tok_wrong_0123456789/call-ended", CALL).to_request(),
+    )
+    .await;
+    assert_eq!(by_token.status(), StatusCode::NOT_FOUND);
+    let by_token = test::read_body(by_token).await;
+    let by_path = test::call_service(&app, post("/nothing/here", CALL).to_request()).await;
+    assert_eq!(by_path.status(), StatusCode::NOT_FOUND);
+    assert_eq!(by_token, test::read_body(by_path).await);
+}
+
+#[actix_web::test]
+async fn invalid_json_is_a_400_and_nothing_is_published() {
+    let recorder = Arc::new(Recorder::default());
+    let app = app!(recorder.clone());
+    for body in ["{\"id\": ", "", "not json"] {
+        let resp = test::call_service(
+            &app,
+            post(&format!("/hooks/{TOKEN}/call-ended"), body).to_request(),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body:?}");
+        let error: serde_json::Value = test::read_body_json(resp).await;
+        assert!(error["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("body is not valid JSON"));
+    }
+    assert!(recorder.records.lock().unwrap().is_empty());
+}
+
+#[actix_web::test]
+async fn body_over_the_limit_is_a_413() {
+    let app = app!(Arc::new(Recorder::default()));
+    let big = format!(r#"{{"id": 1, "pad": "{}"}}"#, "x".repeat(5000));
+    let resp = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), &big).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[actix_web::test]
+async fn broker_unavailable_is_a_503_with_retry_after_never_a_4xx() {
+    let app = app!(Arc::new(Recorder {
+        down: true,
+        ..Recorder::default()
+    }));
+    let resp = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), CALL).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers().get("retry-after").unwrap(), "3");
+    let ready =
+        test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health =
+        test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn unknown_but_well_formed_event_is_accepted_and_keyed_by_event_id() {
+    let recorder = Arc::new(Recorder::default());
+    let app = app!(recorder.clone());
+    let resp = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-transferred"), CALL).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let receipt: serde_json::Value = test::read_body_json(resp).await;
+    let (key, payload) = recorder.records.lock().unwrap()[0].clone();
+    assert_eq!(
+        key,
+        format!("acme:event:{}", receipt["event_id"].as_str().unwrap())
+    );
+    assert_eq!(
+        avro::raw_envelope().decode(&payload).unwrap().event,
+        "call-transferred"
+    );
+}
+
+#[actix_web::test]
+async fn without_a_slug_the_event_comes_from_a_header_or_the_body() {
+    let recorder = Arc::new(Recorder::default());
+    let app = app!(recorder.clone());
+    let by_header =
+        post(&format!("/hooks/{TOKEN}"), CALL).insert_header(("X-NectarDesk-Event", "Call Ended"));
+    assert_eq!(
+        test::call_service(&app, by_header.to_request())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let by_body = post(
+        &format!("/hooks/{TOKEN}"),
+        r#"{"event": "message-sent", "id": 5}"#,
+    );
+    assert_eq!(
+        test::call_service(&app, by_body.to_request())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let unnamed = post(&format!("/hooks/{TOKEN}"), CALL);
+    assert_eq!(
+        test::call_service(&app, unnamed.to_request())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let events: Vec<(String, String)> = recorder
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(key, payload)| {
+            (
+                key.clone(),
+                avro::raw_envelope().decode(payload).unwrap().event,
+            )
+        })
+        .collect();
+    assert_eq!(
+        events[0],
+        ("acme:call:880142".to_owned(), "call-ended".to_owned())
+    );
+    assert_eq!(
+        events[1],
+        ("acme:message:5".to_owned(), "message-sent".to_owned())
+    );
+    assert_eq!(events[2].1, "");
+}

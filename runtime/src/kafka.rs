@@ -1,0 +1,201 @@
+//! Kafka client settings shared by every service, and creation of missing topics.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// How to reach Kafka, and how to create the topics a service needs when they are missing.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated `host:port`.
+    #[arg(
+        long = "kafka-brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:19092"
+    )]
+    pub brokers: String,
+    /// Partitions of a topic this service creates because it is missing. Per-key order
+    /// holds for any count; more partitions allow more parallel consumers.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+    /// Replication factor of a topic this service creates (1 for a single broker).
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
+    pub topic_replication: i32,
+}
+
+/// The pipeline's topic names (defaults from DESIGN.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TopicArgs {
+    /// Raw deliveries, written by ingest.
+    #[arg(long, env = "KAFKA_TOPIC_RAW", default_value = "webhooks.raw")]
+    pub raw_topic: String,
+    /// Normalized records, written by transform.
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC_NORMALIZED",
+        default_value = "webhooks.normalized"
+    )]
+    pub normalized_topic: String,
+    /// Dead letters: anything that could not be processed, with the reason.
+    #[arg(long, env = "KAFKA_TOPIC_DLQ", default_value = "webhooks.dlq")]
+    pub dlq_topic: String,
+}
+
+/// A configuration mistake in the Kafka settings.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KafkaConfigError {
+    #[error("KAFKA_BROKERS is empty: give at least one host:port")]
+    NoBrokers,
+    #[error("KAFKA_BROKERS entry {0:?} is not host:port with a port from 1 to 65535")]
+    BadBroker(String),
+    #[error("KAFKA_TOPIC_PARTITIONS must be at least 1, got {0}")]
+    BadPartitions(i32),
+    #[error("KAFKA_TOPIC_REPLICATION must be at least 1, got {0}")]
+    BadReplication(i32),
+    #[error("topic name {0:?} is invalid: use 1 to 249 of [A-Za-z0-9._-]")]
+    BadTopic(String),
+}
+
+impl KafkaArgs {
+    /// Checks the settings; called at start so a mistake stops the service at once.
+    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+        let brokers: Vec<&str> = self.brokers.split(',').map(str::trim).collect();
+        if brokers.iter().all(|b| b.is_empty()) {
+            return Err(KafkaConfigError::NoBrokers);
+        }
+        for broker in brokers {
+            let valid = broker.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !valid {
+                return Err(KafkaConfigError::BadBroker(broker.to_owned()));
+            }
+        }
+        if self.topic_partitions < 1 {
+            return Err(KafkaConfigError::BadPartitions(self.topic_partitions));
+        }
+        if self.topic_replication < 1 {
+            return Err(KafkaConfigError::BadReplication(self.topic_replication));
+        }
+        Ok(())
+    }
+
+    /// A client configuration with the brokers set and quiet, bounded defaults.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("socket.keepalive.enable", "true")
+            .set("reconnect.backoff.max.ms", "2000");
+        config
+    }
+
+    /// Creates each topic that does not exist yet; existing topics are left as they are.
+    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let new_topics: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|name| {
+                NewTopic::new(
+                    name,
+                    self.topic_partitions,
+                    TopicReplication::Fixed(self.topic_replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(topic) => tracing::info!(topic, "Created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                        tracing::error!(topic, %code, "Could not create topic");
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TopicArgs {
+    /// Checks the topic names.
+    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+        for topic in [&self.raw_topic, &self.normalized_topic, &self.dlq_topic] {
+            let valid = !topic.is_empty()
+                && topic.len() <= 249
+                && topic != "."
+                && topic != ".."
+                && topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !valid {
+                return Err(KafkaConfigError::BadTopic(topic.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(brokers: &str) -> KafkaArgs {
+        KafkaArgs {
+            brokers: brokers.to_owned(),
+            topic_partitions: 3,
+            topic_replication: 1,
+        }
+    }
+
+    #[test]
+    fn accepts_a_list_of_host_port_pairs() {
+        assert_eq!(args("127.0.0.1:9092, kafka:9093").validate(), Ok(()));
+    }
+
+    #[test]
+    fn names_the_broker_entry_that_is_wrong() {
+        assert_eq!(args("").validate(), Err(KafkaConfigError::NoBrokers));
+        assert_eq!(
+            args("kafka:9092,kafka").validate(),
+            Err(KafkaConfigError::BadBroker("kafka".into()))
+        );
+        assert_eq!(
+            args("kafka:0").validate(),
+            Err(KafkaConfigError::BadBroker("kafka:0".into()))
+        );
+        assert!(args("kafka:99999").validate().is_err());
+    }
+
+    #[test]
+    fn rejects_zero_partitions_and_replication() {
+        let mut a = args("k:1");
+        a.topic_partitions = 0;
+        assert_eq!(a.validate(), Err(KafkaConfigError::BadPartitions(0)));
+        a.topic_partitions = 1;
+        a.topic_replication = 0;
+        assert_eq!(a.validate(), Err(KafkaConfigError::BadReplication(0)));
+    }
+
+    #[test]
+    fn rejects_topic_names_kafka_would_refuse() {
+        let topics = |raw: &str| TopicArgs {
+            raw_topic: raw.to_owned(),
+            normalized_topic: "webhooks.normalized".into(),
+            dlq_topic: "webhooks.dlq".into(),
+        };
+        assert_eq!(topics("webhooks.raw").validate(), Ok(()));
+        for bad in ["", "..", "a b", "a/b"] {
+            assert_eq!(
+                topics(bad).validate(),
+                Err(KafkaConfigError::BadTopic(bad.into()))
+            );
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Switchboard's shared shapes: the names of NectarDesk events, the records that travel
+//! through Kafka (with their Avro schemas and codec), and the ClickHouse migrations.
+//!
+//! This crate does no I/O and pulls in no runtime: every other crate depends on it, and it
+//! must stay cheap to build and easy to test. Anything that talks to Kafka, ClickHouse or
+//! HTTP belongs elsewhere.
+
+pub mod avro;
+pub mod event;
+pub mod migrations;
+pub mod records;
+
+pub use event::{Entity, EventKind};
+pub use records::{CallAgent, CallRecord, NormalizedEvent, RawEnvelope, Status};

@@ -1,0 +1,132 @@
+//! The records that travel through Kafka. Field names match the Avro schemas in
+//! `schemas/avro/` one to one; the codec in [`crate::avro`] checks that at every encode.
+
+use serde::{Deserialize, Serialize};
+
+/// One webhook delivery as `ingest` received it (topic `webhooks.raw`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawEnvelope {
+    /// Stable hash of (tenant, event, canonical JSON body).
+    pub event_id: String,
+    pub tenant: String,
+    /// Event slug from the URL; empty when the URL named none.
+    pub event: String,
+    /// When ingest accepted the delivery, Unix milliseconds.
+    pub received_at: i64,
+    pub source_addr: String,
+    /// The request body exactly as received.
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// What became of an event in normalization; stored in `raw_events.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Status {
+    /// Understood and turned into typed rows.
+    Normalized,
+    /// A well-formed event slug this version does not know: kept raw only.
+    Unrecognized,
+    /// Could not be normalized (no usable id, wrong shape): kept raw and dead-lettered.
+    Invalid,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Normalized => "normalized",
+            Status::Unrecognized => "unrecognized",
+            Status::Invalid => "invalid",
+        }
+    }
+}
+
+impl From<Status> for String {
+    fn from(status: Status) -> String {
+        status.as_str().to_owned()
+    }
+}
+
+impl TryFrom<String> for Status {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Status, String> {
+        match value.as_str() {
+            "normalized" => Ok(Status::Normalized),
+            "unrecognized" => Ok(Status::Unrecognized),
+            "invalid" => Ok(Status::Invalid),
+            other => Err(format!("unknown status {other:?}")),
+        }
+    }
+}
+
+/// One webhook after normalization (topic `webhooks.normalized`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalizedEvent {
+    pub event_id: String,
+    pub tenant: String,
+    pub event: String,
+    pub status: Status,
+    /// `call`, `message`, `contact`, `contact_list`, or empty.
+    pub entity: String,
+    /// The entity's id as sent, or empty.
+    pub entity_id: String,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    pub source_addr: String,
+    /// The raw body as text.
+    pub payload: String,
+    /// Why the event is invalid or unrecognized; empty otherwise.
+    pub error: String,
+    pub call: Option<CallRecord>,
+}
+
+/// A NectarDesk call object, flattened. Times are Unix milliseconds (UTC); `utc_offset_s`
+/// keeps the sender's offset so local-time reports stay possible. Strings are empty and
+/// options `None` when the sender left a field out or sent something unusable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub call_id: i64,
+    /// `inbound` / `outbound`, lowercased.
+    pub direction: String,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub utc_offset_s: Option<i32>,
+    pub duration_s: Option<i64>,
+    pub talk_time_s: Option<i64>,
+    pub waiting_time_s: Option<i64>,
+    pub abandoned: Option<bool>,
+    pub voicemail: Option<bool>,
+    pub call_type: String,
+    pub sub_type: String,
+    pub tags: Vec<String>,
+    /// Recording URLs with a scheme.
+    pub recording_urls: Vec<String>,
+    pub line_id: Option<i64>,
+    pub line_number: String,
+    pub line_alias: String,
+    pub campaign: String,
+    pub ring_group_id: Option<i64>,
+    pub ring_group: String,
+    pub disposition_id: Option<i64>,
+    pub disposition_code: String,
+    pub disposition_note: String,
+    pub contact_id: Option<i64>,
+    pub contact_phone: String,
+    pub transfer_number: String,
+    pub transfer_talk_time_s: Option<i64>,
+    pub external_numbers: Vec<String>,
+    pub agents: Vec<CallAgent>,
+}
+
+/// One agent's part in a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallAgent {
+    pub agent_id: Option<i64>,
+    /// Trimmed.
+    pub name: String,
+    /// e.g. `Answered`, `Contact hangup`.
+    pub action: String,
+    /// e.g. `Normal call`, `Transfer Call`.
+    pub agent_type: String,
+}
