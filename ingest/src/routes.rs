@@ -1,7 +1,6 @@
 //! The HTTP surface: webhook routes, health, readiness.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -88,7 +87,7 @@ async fn accept(
         event_id: event_id.clone(),
         tenant: tenant.to_owned(),
         event: event.to_owned(),
-        received_at: now_ms(),
+        received_at: runtime::now_ms(),
         source_addr: req
             .peer_addr()
             .map(|a| a.ip().to_string())
@@ -165,13 +164,6 @@ fn event_from_body(json: &Value) -> Option<String> {
         .iter()
         .filter_map(|key| json.get(*key)?.as_str())
         .find_map(slugify)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 async fn healthz() -> HttpResponse {

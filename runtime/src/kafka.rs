@@ -5,7 +5,9 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 /// How to reach Kafka, and how to create the topics a service needs when they are missing.
@@ -92,6 +94,40 @@ impl KafkaArgs {
             .set("socket.keepalive.enable", "true")
             .set("reconnect.backoff.max.ms", "2000");
         config
+    }
+
+    /// A consumer for at-least-once processing: offsets are stored by the application
+    /// only after the output of a message is durable, and committed in the background.
+    /// A new group starts from the earliest record, so nothing written before the first
+    /// start is skipped.
+    pub fn at_least_once_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+        self.client_config()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+    }
+
+    /// An idempotent producer that waits for all in-sync replicas, so a delivery that is
+    /// reported done is durable and per-partition order survives retries. A delivery
+    /// fails after `delivery_timeout`.
+    pub fn reliable_producer(
+        &self,
+        delivery_timeout: Duration,
+    ) -> Result<FutureProducer, KafkaError> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
     }
 
     /// Creates each topic that does not exist yet; existing topics are left as they are.

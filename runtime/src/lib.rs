@@ -6,4 +6,12 @@ pub mod logging;
 pub mod shutdown;
 
 pub use kafka::{KafkaArgs, TopicArgs};
+
+/// The current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
 pub use logging::LogArgs;

@@ -15,7 +15,7 @@ use apache_avro::rabin::Rabin;
 use apache_avro::{from_avro_datum, from_value, write_avro_datum_ref, Schema};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::records::{NormalizedEvent, RawEnvelope};
+use crate::records::{DeadLetter, NormalizedEvent, RawEnvelope};
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -25,6 +25,9 @@ pub const RAW_ENVELOPE_SCHEMAS: &[&str] = &[include_str!("../avro/raw_envelope.v
 
 /// Every released schema of the normalized event, oldest first.
 pub const NORMALIZED_EVENT_SCHEMAS: &[&str] = &[include_str!("../avro/normalized_event.v1.avsc")];
+
+/// Every released schema of the dead letter, oldest first.
+pub const DEAD_LETTER_SCHEMAS: &[&str] = &[include_str!("../avro/dead_letter.v1.avsc")];
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +149,13 @@ pub fn normalized_event() -> &'static Codec<NormalizedEvent> {
     &CODEC
 }
 
+/// The codec of [`DeadLetter`] (topic `webhooks.dlq`).
+pub fn dead_letter() -> &'static Codec<DeadLetter> {
+    static CODEC: LazyLock<Codec<DeadLetter>> =
+        LazyLock::new(|| Codec::new("dead letter", DEAD_LETTER_SCHEMAS));
+    &CODEC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +219,28 @@ mod tests {
             let bytes = codec.encode(&record).unwrap();
             assert_eq!(codec.decode(&bytes).unwrap(), record);
         }
+    }
+
+    #[test]
+    fn dead_letter_round_trips() {
+        let letter = DeadLetter {
+            stage: "transform".into(),
+            reason: "call event has no usable integer id".into(),
+            event_id: "3f1c".into(),
+            tenant: "acme".into(),
+            event: "call-ended".into(),
+            source_topic: "webhooks.raw".into(),
+            source_partition: 2,
+            source_offset: 41,
+            key: "acme:event:3f1c".into(),
+            payload: b"{}".to_vec(),
+            failed_at: 1_772_460_300_123,
+        };
+        let codec = dead_letter();
+        assert_eq!(
+            codec.decode(&codec.encode(&letter).unwrap()).unwrap(),
+            letter
+        );
     }
 
     #[test]

@@ -11,4 +11,4 @@ pub mod migrations;
 pub mod records;
 
 pub use event::{Entity, EventKind};
-pub use records::{CallAgent, CallRecord, NormalizedEvent, RawEnvelope, Status};
+pub use records::{CallAgent, CallRecord, DeadLetter, NormalizedEvent, RawEnvelope, Status};

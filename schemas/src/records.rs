@@ -130,3 +130,24 @@ pub struct CallAgent {
     /// e.g. `Normal call`, `Transfer Call`.
     pub agent_type: String,
 }
+
+/// Something a stage could not process (topic `webhooks.dlq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `transform` or `loader`.
+    pub stage: String,
+    pub reason: String,
+    /// Empty when the record could not be decoded.
+    pub event_id: String,
+    pub tenant: String,
+    pub event: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub key: String,
+    /// The webhook body when known, else the undecodable record as read.
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub payload: Vec<u8>,
+    /// Unix milliseconds.
+    pub failed_at: i64,
+}

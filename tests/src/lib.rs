@@ -1,1 +1,340 @@
-//! placeholder
+//! Helpers for the end-to-end tests: the real Kafka broker and ClickHouse server started
+//! by `scripts/dev-services`, and the three services started in this process on their
+//! own topics, consumer groups and database, so tests never see each other's data.
+//!
+//! Services are found through `KAFKA_BROKERS` and `CLICKHOUSE_URL` (defaults: the
+//! dev-services addresses). A service that does not answer fails the test; nothing here
+//! skips.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use runtime::{KafkaArgs, LogArgs, TopicArgs};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The tenant and token every pipeline accepts.
+pub const TENANT: &str = "acme";
+pub const TOKEN: &str = "tok_acme_e2e_0123456789";
+
+/// Where the development services are.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub kafka_brokers: String,
+    pub clickhouse_url: String,
+}
+
+impl Services {
+    /// Reads the addresses and checks both services answer, failing with what to do.
+    pub async fn require() -> Services {
+        let services = Services {
+            kafka_brokers: std::env::var("KAFKA_BROKERS")
+                .unwrap_or_else(|_| "127.0.0.1:19092".into()),
+            clickhouse_url: std::env::var("CLICKHOUSE_URL")
+                .unwrap_or_else(|_| "http://127.0.0.1:18123".into()),
+        };
+        let hint = "start them with `scripts/dev-services up`, or run the whole suite with `scripts/test.sh`";
+        for broker in services.kafka_brokers.split(',') {
+            let reachable = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(broker.trim()),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            assert!(reachable, "Kafka is not reachable at {broker}: {hint}");
+        }
+        let ping = reqwest::get(format!("{}/ping", services.clickhouse_url)).await;
+        assert!(
+            ping.is_ok_and(|r| r.status().is_success()),
+            "ClickHouse is not reachable at {}: {hint}",
+            services.clickhouse_url
+        );
+        services
+    }
+}
+
+/// A name no other test run uses: `prefix_<pid>_<time>_<n>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Which stages to start.
+#[derive(Debug, Clone, Copy)]
+pub struct Stages {
+    pub transform: bool,
+    pub loader: bool,
+}
+
+impl Stages {
+    pub const ALL: Stages = Stages {
+        transform: true,
+        loader: true,
+    };
+}
+
+/// The three services running in this process against the real broker and server.
+pub struct Pipeline {
+    pub ingest_url: String,
+    pub clickhouse: ClickHouse,
+    pub topics: TopicArgs,
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+}
+
+impl Pipeline {
+    pub async fn start(stages: Stages) -> Pipeline {
+        let services = Services::require().await;
+        let name = unique("e2e");
+        let database = format!("sb_{name}");
+        let topics = TopicArgs {
+            raw_topic: format!("{name}.raw"),
+            normalized_topic: format!("{name}.normalized"),
+            dlq_topic: format!("{name}.dlq"),
+        };
+        let kafka = KafkaArgs {
+            brokers: services.kafka_brokers.clone(),
+            topic_partitions: 3,
+            topic_replication: 1,
+        };
+        let log = LogArgs {
+            log_format: "text".into(),
+            log_filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        };
+        runtime::logging::init(&log);
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+        let ingest_url = format!("http://{}", listener.local_addr().unwrap());
+        let ingest_config = ingest::Config {
+            listen: ingest_url.clone(),
+            tokens: format!("{TENANT}={TOKEN}").parse().unwrap(),
+            http: ingest::config::HttpArgs {
+                max_body_bytes: 512 * 1024,
+                produce_timeout_ms: 10_000,
+                retry_after_s: 1,
+            },
+            kafka: kafka.clone(),
+            topics: topics.clone(),
+            log: log.clone(),
+        };
+        ingest_config.validate().unwrap();
+        let token = shutdown.clone();
+        tasks.push((
+            "ingest",
+            tokio::spawn(async move {
+                ingest::run(ingest_config, listener, token)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ));
+
+        if stages.transform {
+            let config = transform_service::Config {
+                group_id: format!("{name}-transform"),
+                batch_max_messages: 500,
+                delivery_timeout_ms: 30_000,
+                kafka: kafka.clone(),
+                topics: topics.clone(),
+                log: log.clone(),
+            };
+            config.validate().unwrap();
+            let token = shutdown.clone();
+            tasks.push((
+                "transform",
+                tokio::spawn(async move {
+                    transform_service::run(config, token)
+                        .await
+                        .map_err(|e| e.to_string())
+                }),
+            ));
+        }
+
+        if stages.loader {
+            let config = loader::Config {
+                group_id: format!("{name}-loader"),
+                clickhouse: loader::config::ClickHouseArgs {
+                    url: services.clickhouse_url.clone(),
+                    database: database.clone(),
+                    user: "default".into(),
+                    password: String::new(),
+                    validation: loader::config::Validation::Auto,
+                },
+                batch: loader::config::BatchArgs {
+                    batch_max_rows: 10_000,
+                    batch_max_bytes: 16 << 20,
+                    batch_max_age_ms: 200,
+                },
+                kafka: kafka.clone(),
+                topics: topics.clone(),
+                log: log.clone(),
+            };
+            config.validate().unwrap();
+            let token = shutdown.clone();
+            tasks.push((
+                "loader",
+                tokio::spawn(
+                    async move { loader::run(config, token).await.map_err(|e| e.to_string()) },
+                ),
+            ));
+        }
+
+        let pipeline = Pipeline {
+            ingest_url,
+            clickhouse: ClickHouse::new(&services.clickhouse_url, &database),
+            topics,
+            shutdown,
+            tasks,
+        };
+        pipeline.wait_until_ingest_answers().await;
+        pipeline
+    }
+
+    async fn wait_until_ingest_answers(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", self.ingest_url)).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ingest did not answer /healthz within 30 s"
+            );
+            self.assert_running();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Fails the test if a service stopped on its own (its error is in the log).
+    pub fn assert_running(&self) {
+        for (name, task) in &self.tasks {
+            assert!(
+                !task.is_finished(),
+                "{name} stopped unexpectedly; rerun with TEST_LOG=info to see why"
+            );
+        }
+    }
+
+    /// POSTs `body` to `/hooks/<token>/<event>`; returns the status and the JSON answer.
+    pub async fn post(&self, event: &str, body: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/hooks/{TOKEN}/{event}", self.ingest_url))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("POST to ingest");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls `sql` against the pipeline's database until it returns at least `n` rows,
+    /// failing after `within` or as soon as a service stops on its own.
+    pub async fn wait_for_rows(
+        &self,
+        sql: &str,
+        n: usize,
+        within: Duration,
+    ) -> Result<Vec<Value>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.assert_running();
+            let last = match self.clickhouse.rows(sql).await {
+                Ok(rows) if rows.len() >= n => return Ok(rows),
+                Ok(rows) => format!("{} of {n} rows", rows.len()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("after {within:?}: {last} for `{sql}`"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every service, reports any that failed, and drops the test database.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => panic!("{name} failed: {e}"),
+                Ok(Err(e)) => panic!("{name} panicked: {e}"),
+                Err(_) => panic!("{name} did not stop within 30 s"),
+            }
+        }
+        self.clickhouse.drop_database().await;
+    }
+}
+
+/// A ClickHouse database queried over HTTP, as an analyst's client would.
+pub struct ClickHouse {
+    url: String,
+    pub database: String,
+    http: reqwest::Client,
+}
+
+impl ClickHouse {
+    pub fn new(url: &str, database: &str) -> ClickHouse {
+        ClickHouse {
+            url: url.to_owned(),
+            database: database.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Runs `sql` (with `{db}` replaced by the database) and returns its rows.
+    pub async fn rows(&self, sql: &str) -> Result<Vec<Value>, String> {
+        let sql = format!("{} FORMAT JSONEachRow", sql.replace("{db}", &self.database));
+        let response = self
+            .http
+            .post(&self.url)
+            .query(&[
+                ("output_format_json_quote_64bit_integers", "0"),
+                ("max_execution_time", "10"),
+            ])
+            .body(sql.clone())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status}: {text}"));
+        }
+        text.lines()
+            .map(|line| serde_json::from_str(line).map_err(|e| format!("{e}: {line}")))
+            .collect()
+    }
+
+    async fn drop_database(&self) {
+        let _ = self
+            .http
+            .post(&self.url)
+            .body(format!("DROP DATABASE IF EXISTS {}", self.database))
+            .send()
+            .await;
+    }
+}
+
+/// A payload from the shared NectarDesk samples (`../shared/nectardesk/samples`).
+pub fn sample(name: &str) -> String {
+    let path = format!(
+        "{}/../../shared/nectardesk/samples/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading sample {path}: {e}"))
+}

@@ -1,1 +1,207 @@
-//! placeholder
+//! The `transform` service: consumes raw deliveries (`webhooks.raw`), normalizes each with
+//! the pure `transform` crate, and publishes the result to `webhooks.normalized` under the
+//! same key, so one entity's events stay in one partition, in order. What cannot be
+//! processed also goes to `webhooks.dlq` with the reason.
+//!
+//! At least once: a message's offset is stored only after everything it produced is
+//! acknowledged by Kafka. Duplicates this may cause are removed downstream by event id.
+
+mod route;
+
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use runtime::{KafkaArgs, LogArgs, TopicArgs};
+use tokio_util::sync::CancellationToken;
+
+pub use route::{route, Output};
+
+/// Settings of the `transform` binary.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "transform",
+    version,
+    about = "Normalizes raw NectarDesk webhooks into typed Avro records."
+)]
+pub struct Config {
+    /// Consumer group; every instance of the service shares it.
+    #[arg(
+        long,
+        env = "TRANSFORM_GROUP_ID",
+        default_value = "switchboard-transform"
+    )]
+    pub group_id: String,
+    /// Most messages handled (and acknowledged) together.
+    #[arg(long, env = "TRANSFORM_BATCH_MAX_MESSAGES", default_value_t = 500)]
+    pub batch_max_messages: usize,
+    /// How long a produced record may wait for Kafka before the service gives up and
+    /// exits (to be restarted and resume from its last stored offset).
+    #[arg(long, env = "TRANSFORM_DELIVERY_TIMEOUT_MS", default_value_t = 300_000)]
+    pub delivery_timeout_ms: u64,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// A configuration mistake, reported at start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("TRANSFORM_GROUP_ID must not be empty")]
+    EmptyGroup,
+    #[error("TRANSFORM_BATCH_MAX_MESSAGES must be from 1 to 100000, got {0}")]
+    BadBatch(usize),
+    #[error("TRANSFORM_DELIVERY_TIMEOUT_MS must be at least 1000, got {0}")]
+    BadDeliveryTimeout(u64),
+    #[error(transparent)]
+    Kafka(#[from] runtime::kafka::KafkaConfigError),
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.group_id.trim().is_empty() {
+            return Err(ConfigError::EmptyGroup);
+        }
+        if !(1..=100_000).contains(&self.batch_max_messages) {
+            return Err(ConfigError::BadBatch(self.batch_max_messages));
+        }
+        if self.delivery_timeout_ms < 1000 {
+            return Err(ConfigError::BadDeliveryTimeout(self.delivery_timeout_ms));
+        }
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        Ok(())
+    }
+}
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("kafka client failed: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("kafka did not acknowledge a record for {topic}: {error}")]
+    Delivery { topic: String, error: KafkaError },
+}
+
+/// Runs until `shutdown` is cancelled or Kafka fails for longer than the delivery timeout.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let topics = &config.topics;
+    config
+        .kafka
+        .ensure_topics(&[
+            &topics.raw_topic,
+            &topics.normalized_topic,
+            &topics.dlq_topic,
+        ])
+        .await?;
+    let consumer = config.kafka.at_least_once_consumer(&config.group_id)?;
+    let producer = config
+        .kafka
+        .reliable_producer(Duration::from_millis(config.delivery_timeout_ms))?;
+    consumer.subscribe(&[&topics.raw_topic])?;
+    tracing::info!(topic = %topics.raw_topic, group = %config.group_id, "Transform consuming");
+
+    let result = consume(&config, &consumer, &producer, &shutdown).await;
+    // Commit what was stored so a restart does not redo it (a failure here only means
+    // more duplicates, which are removed downstream).
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+            tracing::warn!(error = %e, "Final offset commit failed");
+        }
+    }
+    result
+}
+
+async fn consume(
+    config: &Config,
+    consumer: &StreamConsumer,
+    producer: &FutureProducer,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        let mut batch = match first {
+            Ok(message) => vec![message],
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka consumer error");
+                continue;
+            }
+        };
+        // Take what is already fetched, without waiting for more.
+        while batch.len() < config.batch_max_messages {
+            match tokio::time::timeout(Duration::from_millis(1), consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let outputs = route(
+                &config.topics,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.payload().unwrap_or_default(),
+                runtime::now_ms(),
+            );
+            for output in outputs {
+                deliveries.push((output.topic.clone(), enqueue(producer, &output).await?));
+            }
+        }
+        for (topic, delivery) in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(RunError::Delivery { topic, error }),
+                Err(_canceled) => {
+                    return Err(RunError::Delivery {
+                        topic,
+                        error: KafkaError::Canceled,
+                    })
+                }
+            }
+        }
+        for message in &batch {
+            // Fails only for a partition this instance no longer owns after a rebalance;
+            // its new owner redoes the message, and the duplicate is removed downstream.
+            if let Err(e) = consumer.store_offset_from_message(message) {
+                tracing::warn!(error = %e, partition = message.partition(), "Offset not stored");
+            }
+        }
+    }
+}
+
+/// Hands a record to the producer, waiting while its local queue is full; the returned
+/// future resolves when Kafka acknowledges it. Records are enqueued in call order, and
+/// the idempotent producer keeps that order per partition.
+async fn enqueue(
+    producer: &FutureProducer,
+    output: &Output,
+) -> Result<rdkafka::producer::DeliveryFuture, RunError> {
+    loop {
+        let record = FutureRecord::to(&output.topic)
+            .key(&output.key)
+            .payload(&output.payload);
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err((error, _)) => {
+                return Err(RunError::Delivery {
+                    topic: output.topic.clone(),
+                    error,
+                })
+            }
+        }
+    }
+}
