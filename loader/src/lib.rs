@@ -35,6 +35,9 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
 }
 
+/// Pause after a consumer error (typically: broker unreachable).
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -108,7 +111,12 @@ impl Loader<'_> {
                 _ = shutdown.cancelled() => break,
                 message = self.consumer.recv() => match message {
                     Ok(message) => self.add(&message).await?,
-                    Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
+                    Err(e) => {
+                        // Usually the broker is unreachable; librdkafka reconnects by
+                        // itself, so wait a little instead of logging in a tight loop.
+                        tracing::warn!(error = %e, "Kafka consumer error");
+                        tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                    }
                 },
                 _ = tick.tick() => {}
             }

@@ -131,7 +131,10 @@ async fn consume(
         let mut batch = match first {
             Ok(message) => vec![message],
             Err(e) => {
+                // Usually the broker is unreachable; librdkafka reconnects by itself, so
+                // wait a little instead of logging in a tight loop.
                 tracing::warn!(error = %e, "Kafka consumer error");
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -159,7 +162,12 @@ async fn consume(
             }
         }
         for (topic, delivery) in deliveries {
-            match delivery.await {
+            let acked = tokio::select! {
+                // Offsets of this batch are not stored: the next start redoes it.
+                _ = shutdown.cancelled() => return Ok(()),
+                acked = delivery => acked,
+            };
+            match acked {
                 Ok(Ok(_)) => {}
                 Ok(Err((error, _))) => return Err(RunError::Delivery { topic, error }),
                 Err(_canceled) => {

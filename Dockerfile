@@ -1,0 +1,19 @@
+# One image with the three Switchboard binaries (ingest, transform, loader); the compose
+# file picks the binary with `command`. Built from the same workspace and lock file as
+# the native tests.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p ingest -p transform-service -p loader \
+    && mkdir -p /out \
+    && cp target/release/ingest target/release/transform target/release/loader /out/
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home switchboard
+COPY --from=build /out/ /usr/local/bin/
+USER switchboard
+ENV LOG_FORMAT=json
+CMD ["ingest", "--help"]

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project on a fresh machine: installs what is missing,
+# starts Kafka and ClickHouse (scripts/dev-services), then formatting, lints, unit,
+# integration and end-to-end tests, and the compose file check. Services this script
+# started are stopped at the end; services that were already running are left alone.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+apt_updated=0
+apt_install() {
+    if [ $apt_updated -eq 0 ]; then $SUDO apt-get update -qq >/dev/null; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+log "toolchain"
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+command -v cc >/dev/null && command -v make >/dev/null || apt_install build-essential
+command -v docker-compose >/dev/null || apt_install docker-compose
+
+log "services"
+started_here=0
+if ! scripts/dev-services status | grep -q 'kafka: running' \
+    || ! scripts/dev-services status | grep -q 'clickhouse: running'; then
+    started_here=1
+fi
+if [ $started_here -eq 1 ] && [ "${KEEP_SERVICES:-0}" != 1 ]; then
+    trap 'scripts/dev-services down' EXIT
+fi
+scripts/dev-services up
+set -a
+# shellcheck disable=SC1091
+. "$ROOT/.dev-services.env"
+set +a
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test (unit, integration, end to end against $KAFKA_BROKERS and $CLICKHOUSE_URL)"
+cargo test --workspace --locked
+
+log "SQL on ClickHouse 18.16 and on a current engine (chdb)"
+VENV=$ROOT/.cache/venv
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" || { apt_install python3-venv && python3 -m venv "$VENV"; }
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r sqlcheck/requirements.txt
+"$VENV/bin/python" -m pytest -q sqlcheck
+
+log "docker-compose config"
+docker-compose -f docker-compose.yml config -q
+echo "docker-compose.yml is valid"

@@ -1,0 +1,127 @@
+"""Every migration, and the merge semantics of the views, on both ClickHouse engines the
+project supports: the development server (ClickHouse 18.16, over HTTP at CLICKHOUSE_URL)
+and a current engine (chdb, in process). SQL that only one of them accepts fails here.
+"""
+
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+MIGRATIONS = sorted((Path(__file__).parent.parent / "schemas" / "migrations").glob("*.sql"))
+
+
+def statements(path: Path, db: str) -> list[str]:
+    """The statements of a migration file, split the way the loader splits them."""
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip().replace("{db}", db) for s in text.split(";") if s.strip()]
+
+
+class Chdb:
+    name = "chdb"
+
+    def __init__(self):
+        from chdb import session
+
+        self.session = session.Session(tempfile.mkdtemp(prefix="sb-chdb-"))
+
+    def query(self, sql: str) -> str:
+        return str(self.session.query(sql, "TSV"))
+
+
+class Server:
+    name = "server"
+
+    def __init__(self):
+        self.url = os.environ.get("CLICKHOUSE_URL")
+        assert self.url, "CLICKHOUSE_URL is not set: run scripts/test.sh, or scripts/dev-services up and source .dev-services.env"
+
+    def query(self, sql: str) -> str:
+        url = self.url + "/?" + urllib.parse.urlencode({"max_execution_time": 20})
+        try:
+            with urllib.request.urlopen(url, data=sql.encode(), timeout=30) as r:
+                return r.read().decode()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(e.read().decode()) from None
+
+
+@pytest.fixture(params=["chdb", "server"])
+def engine(request):
+    return Chdb() if request.param == "chdb" else Server()
+
+
+@pytest.fixture
+def db(engine):
+    name = "sqlcheck_" + uuid.uuid4().hex[:12]
+    engine.query(f"CREATE DATABASE {name}")
+    yield name
+    engine.query(f"DROP DATABASE IF EXISTS {name}")
+
+
+def apply_all(engine, db):
+    for path in MIGRATIONS:
+        for sql in statements(path, db):
+            try:
+                engine.query(sql)
+            except Exception as e:  # noqa: BLE001 - report which statement, on which engine
+                pytest.fail(f"{path.name} failed on {engine.name}: {e}\n{sql[:300]}")
+
+
+def rows(engine, sql):
+    out = engine.query(sql).strip()
+    return [line.split("\t") for line in out.splitlines()] if out else []
+
+
+def test_migrations_apply_and_apply_again(engine, db):
+    assert MIGRATIONS, "no migration files found"
+    apply_all(engine, db)
+    apply_all(engine, db)
+    tables = {r[0] for r in rows(engine, f"SELECT name FROM system.tables WHERE database = '{db}'")}
+    assert {"raw_events", "raw_events_store", "call_events", "call_events_store", "calls"} <= tables
+
+
+CALL_COLUMNS = "event_id, tenant, event, call_id, received_at, received_at_ms, direction, started_at, abandoned, disposition_code, recording_urls, tags"
+
+
+def test_calls_keep_the_newest_non_empty_value_and_the_first_receipt(engine, db):
+    apply_all(engine, db)
+    engine.query(
+        f"INSERT INTO {db}.call_events_store ({CALL_COLUMNS}) VALUES "
+        "('e1', 'acme', 'call-ended', 7, 1000, 1000000, 'inbound', 1772460300, 0, '', [], ['vip']),"
+        "('e2', 'acme', 'call-disposition-saved', 7, 2000, 2000000, '', NULL, NULL, 'SALE', ['https://r/1'], []),"
+        # a late retry of e1: same event, so it must not count again nor win
+        "('e1', 'acme', 'call-ended', 7, 3000, 3000000, 'inbound', 1772460300, 1, '', [], ['vip'])"
+    )
+    got = rows(
+        engine,
+        f"SELECT call_id, direction, toString(started_at), abandoned, disposition_code, "
+        f"recording_urls, tags, events FROM {db}.calls",
+    )
+    assert got == [["7", "inbound", "2026-03-02 14:05:00", "0", "SALE", "['https://r/1']", "['vip']", "2"]]
+    assert rows(engine, f"SELECT count() FROM {db}.call_events") == [["2"]]
+
+
+def test_raw_events_show_each_delivery_once(engine, db):
+    apply_all(engine, db)
+    engine.query(
+        f"INSERT INTO {db}.raw_events_store (event_id, tenant, event, status, received_at, received_at_ms, payload) VALUES "
+        "('e1', 'acme', 'call-ended', 'normalized', 1000, 1000000, '{}'),"
+        "('e1', 'acme', 'call-ended', 'normalized', 3000, 3000000, '{}'),"
+        "('e2', 'acme', 'x-y', 'unrecognized', 2000, 2000000, '{}')"
+    )
+    got = rows(engine, f"SELECT event_id, toUnixTimestamp(received_at), status FROM {db}.raw_events ORDER BY event_id")
+    assert got == [["e1", "1000", "normalized"], ["e2", "2000", "unrecognized"]]
+
+
+def test_statement_splitting_matches_the_loader():
+    # The loader (schemas/src/migrations.rs) drops comment lines and splits on ';'.
+    for path in MIGRATIONS:
+        for sql in statements(path, "db"):
+            assert not re.search(r"^\s*--", sql, re.M), sql
+            assert "{db}" not in sql
