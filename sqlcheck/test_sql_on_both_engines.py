@@ -125,3 +125,58 @@ def test_statement_splitting_matches_the_loader():
         for sql in statements(path, "db"):
             assert not re.search(r"^\s*--", sql, re.M), sql
             assert "{db}" not in sql
+
+
+def test_call_agents_come_from_the_newest_event_listing_agents(engine, db):
+    apply_all(engine, db)
+    engine.query(
+        f"INSERT INTO {db}.call_events_store (event_id, tenant, event, call_id, received_at, received_at_ms, "
+        "agent_ids, agent_names, agent_actions, agent_types) VALUES "
+        "('e1', 'acme', 'call-ended', 7, 1000, 1000000, [1], ['Old'], ['Answered'], ['Normal call']),"
+        "('e2', 'acme', 'call-ended', 7, 2000, 2000000, [21, 34], ['Dev', 'Lena'], ['Answered', 'Contact hangup'], ['Normal call', 'Transfer Call']),"
+        "('e3', 'acme', 'call-disposition-saved', 7, 3000, 3000000, [], [], [], [])"
+    )
+    got = rows(engine, f"SELECT call_id, agent_id, agent_name, agent_action, agent_type FROM {db}.call_agents ORDER BY agent_id")
+    assert got == [["7", "21", "Dev", "Answered", "Normal call"], ["7", "34", "Lena", "Contact hangup", "Transfer Call"]]
+
+
+def test_contacts_lists_and_messages_merge_without_erasing(engine, db):
+    apply_all(engine, db)
+    engine.query(
+        f"INSERT INTO {db}.contact_events_store (event_id, tenant, event, contact_id, received_at, received_at_ms, "
+        "first_name, last_name, email, phone, additional_fields, integrations) VALUES "
+        "('c1', 'acme', 'contact-created', 5, 1000, 1000000, 'Maria', 'Okafor', 'm@x.org', '+1 (555) 765-4321', '{\"plan\":\"gold\"}', '{}'),"
+        "('c2', 'acme', 'contact-modified', 5, 2000, 2000000, '', 'Okafor-Reyes', '', '', '{}', '{}')"
+    )
+    assert rows(engine, f"SELECT full_name, email, phone_digits, additional_fields, contact_events FROM {db}.contacts") == [
+        ["Maria Okafor-Reyes", "m@x.org", "15557654321", '{"plan":"gold"}', "2"]
+    ]
+    engine.query(
+        f"INSERT INTO {db}.contact_list_events_store (event_id, tenant, event, list_id, received_at, received_at_ms, "
+        "name, size, member_ids) VALUES "
+        "('l1', 'acme', 'contact-list-created', 12, 1000, 1000000, 'Renewals', 2, [1, 2]),"
+        "('l2', 'acme', 'contact-list-modified', 12, 2000, 2000000, '', NULL, [])"
+    )
+    assert rows(engine, f"SELECT list_id, name, size, member_ids, events FROM {db}.contact_lists") == [
+        ["12", "Renewals", "2", "[1,2]", "2"]
+    ]
+    engine.query(
+        f"INSERT INTO {db}.message_events_store (event_id, tenant, event, message_id, received_at, received_at_ms, "
+        "direction, from_number, text, status) VALUES "
+        "('m1', 'acme', 'message-sent', 'SM1', 1000, 1000000, 'outbound', '+1 555-0100', 'hi', 'queued'),"
+        "('m2', 'acme', 'message-sent', 'SM1', 2000, 2000000, 'outbound', '', '', 'delivered')"
+    )
+    assert rows(engine, f"SELECT message_id, from_digits, text, status FROM {db}.messages") == [
+        ["SM1", "15550100", "hi", "delivered"]
+    ]
+
+
+def test_dead_letters_show_a_redone_failure_once(engine, db):
+    apply_all(engine, db)
+    engine.query(
+        f"INSERT INTO {db}.dead_letters_store (stage, reason, event_id, source_topic, source_partition, source_offset, "
+        "payload, failed_at, failed_at_ms) VALUES "
+        "('transform', 'no id', 'e1', 'webhooks.raw', 1, 9, '{}', 1000, 1000000),"
+        "('transform', 'no id', 'e1', 'webhooks.raw', 1, 9, '{}', 2000, 2000000)"
+    )
+    assert rows(engine, f"SELECT reason, toUnixTimestamp(failed_at) FROM {db}.dead_letters") == [["no id", "1000"]]

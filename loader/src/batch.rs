@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::rows::{CallEventRow, RawEventRow, Rows};
+use schemas::{DeadLetter, NormalizedEvent};
+
+use crate::rows::Tables;
 
 /// When a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,10 +55,10 @@ impl FlushPolicy {
 /// Rows waiting to be written, and the Kafka offsets they cover.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub raw: Vec<RawEventRow>,
-    pub calls: Vec<CallEventRow>,
+    pub tables: Tables,
     /// Highest offset seen per (topic, partition), stored once the batch is written.
     pub offsets: BTreeMap<(String, i32), i64>,
+    /// Messages in the batch.
     pub events: usize,
     pub bytes: usize,
     /// When the first message of the batch arrived; `None` while nothing is pending.
@@ -64,22 +66,42 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Adds one message's rows (or none, for a message that was dead-lettered).
-    pub fn add(
+    /// Adds the rows of a normalized event read at `topic`/`partition`/`offset`.
+    pub fn add_event(
         &mut self,
-        rows: Option<Rows>,
+        event: NormalizedEvent,
         topic: &str,
         partition: i32,
         offset: i64,
         now: Instant,
     ) {
+        let bytes = self.tables.add_event(event);
+        self.count(bytes, topic, partition, offset, now);
+    }
+
+    /// Adds a dead letter read at `topic`/`partition`/`offset`.
+    pub fn add_dead_letter(
+        &mut self,
+        letter: DeadLetter,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        now: Instant,
+    ) {
+        let bytes = self.tables.add_dead_letter(letter);
+        self.count(bytes, topic, partition, offset, now);
+    }
+
+    /// Counts a message that adds no rows (it was dead-lettered), so its offset is
+    /// stored with the batch.
+    pub fn skip(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) {
+        self.count(0, topic, partition, offset, now);
+    }
+
+    fn count(&mut self, bytes: usize, topic: &str, partition: i32, offset: i64, now: Instant) {
         self.started.get_or_insert(now);
         self.events += 1;
-        if let Some(rows) = rows {
-            self.bytes += rows.approx_bytes();
-            self.raw.push(rows.raw);
-            self.calls.extend(rows.call);
-        }
+        self.bytes += bytes;
         let stored = self
             .offsets
             .entry((topic.to_owned(), partition))
@@ -103,8 +125,8 @@ mod tests {
         max_age: Duration::from_millis(500),
     };
 
-    fn rows(payload_len: usize) -> Rows {
-        Rows::from_event(NormalizedEvent {
+    fn event(payload_len: usize) -> NormalizedEvent {
+        NormalizedEvent {
             event_id: "e".into(),
             tenant: "t".into(),
             event: "call-ended".into(),
@@ -116,7 +138,10 @@ mod tests {
             payload: "x".repeat(payload_len),
             error: String::new(),
             call: None,
-        })
+            contact: None,
+            contact_list: None,
+            message: None,
+        }
     }
 
     #[test]
@@ -133,10 +158,10 @@ mod tests {
         let t0 = Instant::now();
         let mut batch = Batch::default();
         for offset in 0..2 {
-            batch.add(Some(rows(1)), "n", 0, offset, t0);
+            batch.add_event(event(1), "n", 0, offset, t0);
         }
         assert_eq!(POLICY.due(&batch, t0), None);
-        batch.add(Some(rows(1)), "n", 0, 2, t0);
+        batch.add_event(event(1), "n", 0, 2, t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Rows));
     }
 
@@ -144,7 +169,7 @@ mod tests {
     fn flushes_when_the_byte_size_is_reached() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add(Some(rows(20_000)), "n", 0, 0, t0);
+        batch.add_event(event(20_000), "n", 0, 0, t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Bytes));
     }
 
@@ -152,8 +177,8 @@ mod tests {
     fn flushes_when_the_first_row_is_old_enough() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add(Some(rows(1)), "n", 0, 0, t0);
-        batch.add(Some(rows(1)), "n", 0, 1, t0 + Duration::from_millis(400));
+        batch.add_event(event(1), "n", 0, 0, t0);
+        batch.add_event(event(1), "n", 0, 1, t0 + Duration::from_millis(400));
         assert_eq!(POLICY.due(&batch, t0 + Duration::from_millis(499)), None);
         assert_eq!(
             POLICY.due(&batch, t0 + Duration::from_millis(500)),
@@ -165,11 +190,11 @@ mod tests {
     fn keeps_the_highest_offset_per_partition_and_counts_dead_letters() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add(Some(rows(1)), "n", 0, 5, t0);
-        batch.add(None, "n", 0, 6, t0);
-        batch.add(Some(rows(1)), "n", 1, 2, t0);
+        batch.add_event(event(1), "n", 0, 5, t0);
+        batch.skip("n", 0, 6, t0);
+        batch.add_event(event(1), "n", 1, 2, t0);
         assert_eq!(batch.offsets[&("n".to_owned(), 0)], 6);
         assert_eq!(batch.offsets[&("n".to_owned(), 1)], 2);
-        assert_eq!((batch.events, batch.raw.len()), (3, 2));
+        assert_eq!((batch.events, batch.tables.raw.len()), (3, 2));
     }
 }

@@ -1,5 +1,5 @@
-//! `loader`: consumes normalized records (`webhooks.normalized`) and writes them to
-//! ClickHouse in batches.
+//! `loader`: consumes normalized records (`webhooks.normalized`) and dead letters
+//! (`webhooks.dlq`) and writes them to ClickHouse in batches.
 //!
 //! At least once, with an idempotent effect: a batch's offsets are stored only after
 //! ClickHouse accepted all of its rows, and a batch written twice (after a crash or a
@@ -23,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use batch::{Batch, FlushPolicy, FlushReason};
 pub use config::Config;
-use rows::Rows;
 use sink::{Sink, SinkError};
 
 /// Why the loader stopped with an error.
@@ -53,8 +52,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .await?;
     let consumer = config.kafka.at_least_once_consumer(&config.group_id)?;
     let dlq = config.kafka.reliable_producer(Duration::from_secs(60))?;
-    consumer.subscribe(&[&topics.normalized_topic])?;
-    tracing::info!(topic = %topics.normalized_topic, group = %config.group_id, "Loader consuming");
+    consumer.subscribe(&[&topics.normalized_topic, &topics.dlq_topic])?;
+    tracing::info!(
+        topics = %format!("{},{}", topics.normalized_topic, topics.dlq_topic),
+        group = %config.group_id,
+        "Loader consuming"
+    );
 
     let mut loader = Loader {
         config: &config,
@@ -137,24 +140,33 @@ impl Loader<'_> {
         Ok(())
     }
 
-    /// Adds a message to the batch; an undecodable one is dead-lettered instead.
+    /// Adds a message to the batch. An undecodable normalized record is dead-lettered
+    /// instead; an undecodable dead letter is kept in `dead_letters` as it was read (a
+    /// second dead-lettering would only loop).
     async fn add(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let payload = message.payload().unwrap_or_default();
-        let rows = match avro::normalized_event().decode(payload) {
-            Ok(event) => Some(Rows::from_event(event)),
-            Err(e) => {
-                self.dead_letter(message, format!("undecodable normalized record: {e}"))
-                    .await?;
-                None
-            }
-        };
-        self.batch.add(
-            rows,
+        let (topic, partition, offset, now) = (
             message.topic(),
             message.partition(),
             message.offset(),
             Instant::now(),
         );
+        if topic == self.config.topics.dlq_topic {
+            let letter = avro::dead_letter()
+                .decode(payload)
+                .unwrap_or_else(|e| letter(message, format!("undecodable dead letter: {e}")));
+            self.batch
+                .add_dead_letter(letter, topic, partition, offset, now);
+            return Ok(());
+        }
+        match avro::normalized_event().decode(payload) {
+            Ok(event) => self.batch.add_event(event, topic, partition, offset, now),
+            Err(e) => {
+                self.dead_letter(message, format!("undecodable normalized record: {e}"))
+                    .await?;
+                self.batch.skip(topic, partition, offset, now);
+            }
+        }
         Ok(())
     }
 
@@ -164,23 +176,10 @@ impl Loader<'_> {
         reason: String,
     ) -> Result<(), RunError> {
         tracing::warn!(%reason, partition = message.partition(), offset = message.offset(), "Dead-lettering a record");
-        let key = message.key().unwrap_or_default();
-        let letter = DeadLetter {
-            stage: "loader".to_owned(),
-            reason,
-            event_id: String::new(),
-            tenant: String::new(),
-            event: String::new(),
-            source_topic: message.topic().to_owned(),
-            source_partition: message.partition(),
-            source_offset: message.offset(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            payload: message.payload().unwrap_or_default().to_vec(),
-            failed_at: runtime::now_ms(),
-        };
         let payload = avro::dead_letter()
-            .encode(&letter)
+            .encode(&letter(message, reason))
             .expect("a dead letter has only strings, numbers and bytes, which always encode");
+        let key = message.key().unwrap_or_default();
         let record = FutureRecord::to(&self.config.topics.dlq_topic)
             .key(key)
             .payload(&payload);
@@ -218,8 +217,7 @@ impl Loader<'_> {
         self.store_offsets(&batch);
         tracing::debug!(
             events = batch.events,
-            raw_rows = batch.raw.len(),
-            call_rows = batch.calls.len(),
+            raw_rows = batch.tables.raw.len(),
             reason = reason.as_str(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Batch written"
@@ -241,6 +239,23 @@ impl Loader<'_> {
         if let Err(e) = self.consumer.store_offsets(&list) {
             tracing::warn!(error = %e, "Offsets not stored");
         }
+    }
+}
+
+/// A dead letter of the loader for a message it could not decode.
+fn letter(message: &BorrowedMessage<'_>, reason: String) -> DeadLetter {
+    DeadLetter {
+        stage: "loader".to_owned(),
+        reason,
+        event_id: String::new(),
+        tenant: String::new(),
+        event: String::new(),
+        source_topic: message.topic().to_owned(),
+        source_partition: message.partition(),
+        source_offset: message.offset(),
+        key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        failed_at: runtime::now_ms(),
     }
 }
 

@@ -4,7 +4,9 @@
 use clickhouse::Row;
 use serde::Serialize;
 
-use schemas::{CallRecord, NormalizedEvent};
+use schemas::{
+    CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord, NormalizedEvent,
+};
 
 /// A row of `raw_events_store`.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
@@ -66,72 +68,233 @@ pub struct CallEventRow {
     pub agent_types: Vec<String>,
 }
 
-/// The rows one normalized event adds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rows {
-    pub raw: RawEventRow,
-    pub call: Option<CallEventRow>,
+/// A row of `contact_events_store`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+pub struct ContactEventRow {
+    pub event_id: String,
+    pub tenant: String,
+    pub event: String,
+    pub contact_id: i64,
+    pub received_at: u32,
+    pub received_at_ms: u64,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub phone: String,
+    pub created_at: Option<u32>,
+    pub utc_offset_s: Option<i32>,
+    pub additional_fields: String,
+    pub integrations: String,
 }
 
-impl Rows {
-    /// Maps an event to its rows. Every event gets a `raw_events` row, whatever its status.
-    pub fn from_event(event: NormalizedEvent) -> Rows {
-        let received_at = seconds(event.received_at).unwrap_or_default();
-        let received_at_ms = u64::try_from(event.received_at).unwrap_or_default();
-        let call = event.call.map(|call| {
-            call_row(
-                &event.event_id,
-                &event.tenant,
-                &event.event,
-                received_at,
-                received_at_ms,
-                call,
-            )
-        });
-        Rows {
-            raw: RawEventRow {
-                event_id: event.event_id,
-                tenant: event.tenant,
-                event: event.event,
-                status: event.status.as_str().to_owned(),
-                entity: event.entity,
-                entity_id: event.entity_id,
-                received_at,
-                received_at_ms,
-                source_addr: event.source_addr,
-                payload: event.payload,
-                error: event.error,
-            },
-            call,
-        }
-    }
-
-    /// Roughly how many bytes the rows take on the wire, for batch sizing.
-    pub fn approx_bytes(&self) -> usize {
-        let raw = &self.raw;
-        let call = self
-            .call
-            .as_ref()
-            .map_or(0, |c| 256 + c.tags.len() * 16 + c.agent_names.len() * 48);
-        64 + raw.event_id.len() + raw.tenant.len() + raw.payload.len() + raw.error.len() + call
-    }
+/// A row of `contact_list_events_store`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+pub struct ContactListEventRow {
+    pub event_id: String,
+    pub tenant: String,
+    pub event: String,
+    pub list_id: i64,
+    pub received_at: u32,
+    pub received_at_ms: u64,
+    pub name: String,
+    pub description: String,
+    pub size: Option<i64>,
+    pub member_ids: Vec<i64>,
+    pub created_at: Option<u32>,
+    pub utc_offset_s: Option<i32>,
 }
 
-fn call_row(
-    event_id: &str,
-    tenant: &str,
-    event: &str,
+/// A row of `message_events_store`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+pub struct MessageEventRow {
+    pub event_id: String,
+    pub tenant: String,
+    pub event: String,
+    pub message_id: String,
+    pub received_at: u32,
+    pub received_at_ms: u64,
+    pub direction: String,
+    pub channel: String,
+    pub from_number: String,
+    pub to_number: String,
+    pub text: String,
+    pub sent_at: Option<u32>,
+    pub utc_offset_s: Option<i32>,
+    pub status: String,
+    pub contact_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub agent_name: String,
+}
+
+/// A row of `dead_letters_store`.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+pub struct DeadLetterRow {
+    pub stage: String,
+    pub reason: String,
+    pub event_id: String,
+    pub tenant: String,
+    pub event: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub key: String,
+    /// The payload as text (invalid UTF-8 replaced).
+    pub payload: String,
+    pub failed_at: u32,
+    pub failed_at_ms: u64,
+}
+
+/// Rows waiting to be written, one list per storage table.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub raw: Vec<RawEventRow>,
+    pub calls: Vec<CallEventRow>,
+    pub contacts: Vec<ContactEventRow>,
+    pub contact_lists: Vec<ContactListEventRow>,
+    pub messages: Vec<MessageEventRow>,
+    pub dead_letters: Vec<DeadLetterRow>,
+}
+
+/// What every row of one event shares.
+struct Origin {
+    event_id: String,
+    tenant: String,
+    event: String,
     received_at: u32,
     received_at_ms: u64,
-    c: CallRecord,
-) -> CallEventRow {
+}
+
+impl Tables {
+    /// Adds the rows of one event and returns roughly how many bytes they take. Every
+    /// event gets a `raw_events` row, whatever its status.
+    pub fn add_event(&mut self, event: NormalizedEvent) -> usize {
+        let origin = Origin {
+            event_id: event.event_id.clone(),
+            tenant: event.tenant.clone(),
+            event: event.event.clone(),
+            received_at: seconds(event.received_at).unwrap_or_default(),
+            received_at_ms: u64::try_from(event.received_at).unwrap_or_default(),
+        };
+        let mut bytes = 128 + event.payload.len() + event.error.len();
+        if let Some(call) = event.call {
+            bytes += 256 + call.tags.len() * 16 + call.agents.len() * 48;
+            self.calls.push(call_row(&origin, call));
+        }
+        if let Some(contact) = event.contact {
+            bytes += 128 + contact.additional_fields.len() + contact.integrations.len();
+            self.contacts.push(contact_row(&origin, contact));
+        }
+        if let Some(list) = event.contact_list {
+            bytes += 128 + list.member_ids.len() * 8;
+            self.contact_lists.push(list_row(&origin, list));
+        }
+        if let Some(message) = event.message {
+            bytes += 128 + message.text.len();
+            self.messages.push(message_row(&origin, message));
+        }
+        self.raw.push(RawEventRow {
+            event_id: origin.event_id,
+            tenant: origin.tenant,
+            event: origin.event,
+            status: event.status.as_str().to_owned(),
+            entity: event.entity,
+            entity_id: event.entity_id,
+            received_at: origin.received_at,
+            received_at_ms: origin.received_at_ms,
+            source_addr: event.source_addr,
+            payload: event.payload,
+            error: event.error,
+        });
+        bytes
+    }
+
+    /// Adds a dead letter and returns roughly how many bytes it takes.
+    pub fn add_dead_letter(&mut self, letter: DeadLetter) -> usize {
+        let bytes = 128 + letter.reason.len() + letter.payload.len();
+        self.dead_letters.push(DeadLetterRow {
+            stage: letter.stage,
+            reason: letter.reason,
+            event_id: letter.event_id,
+            tenant: letter.tenant,
+            event: letter.event,
+            source_topic: letter.source_topic,
+            source_partition: letter.source_partition,
+            source_offset: letter.source_offset,
+            key: letter.key,
+            payload: String::from_utf8_lossy(&letter.payload).into_owned(),
+            failed_at: seconds(letter.failed_at).unwrap_or_default(),
+            failed_at_ms: u64::try_from(letter.failed_at).unwrap_or_default(),
+        });
+        bytes
+    }
+}
+
+fn contact_row(o: &Origin, c: ContactRecord) -> ContactEventRow {
+    ContactEventRow {
+        event_id: o.event_id.clone(),
+        tenant: o.tenant.clone(),
+        event: o.event.clone(),
+        contact_id: c.contact_id,
+        received_at: o.received_at,
+        received_at_ms: o.received_at_ms,
+        first_name: c.first_name,
+        last_name: c.last_name,
+        email: c.email,
+        phone: c.phone,
+        created_at: c.created_at.and_then(seconds),
+        utc_offset_s: c.utc_offset_s,
+        additional_fields: c.additional_fields,
+        integrations: c.integrations,
+    }
+}
+
+fn list_row(o: &Origin, l: ContactListRecord) -> ContactListEventRow {
+    ContactListEventRow {
+        event_id: o.event_id.clone(),
+        tenant: o.tenant.clone(),
+        event: o.event.clone(),
+        list_id: l.list_id,
+        received_at: o.received_at,
+        received_at_ms: o.received_at_ms,
+        name: l.name,
+        description: l.description,
+        size: l.size,
+        member_ids: l.member_ids,
+        created_at: l.created_at.and_then(seconds),
+        utc_offset_s: l.utc_offset_s,
+    }
+}
+
+fn message_row(o: &Origin, m: MessageRecord) -> MessageEventRow {
+    MessageEventRow {
+        event_id: o.event_id.clone(),
+        tenant: o.tenant.clone(),
+        event: o.event.clone(),
+        message_id: m.message_id,
+        received_at: o.received_at,
+        received_at_ms: o.received_at_ms,
+        direction: m.direction,
+        channel: m.channel,
+        from_number: m.from_number,
+        to_number: m.to_number,
+        text: m.text,
+        sent_at: m.sent_at.and_then(seconds),
+        utc_offset_s: m.utc_offset_s,
+        status: m.status,
+        contact_id: m.contact_id,
+        agent_id: m.agent_id,
+        agent_name: m.agent_name,
+    }
+}
+
+fn call_row(o: &Origin, c: CallRecord) -> CallEventRow {
     CallEventRow {
-        event_id: event_id.to_owned(),
-        tenant: tenant.to_owned(),
-        event: event.to_owned(),
+        event_id: o.event_id.clone(),
+        tenant: o.tenant.clone(),
+        event: o.event.clone(),
         call_id: c.call_id,
-        received_at,
-        received_at_ms,
+        received_at: o.received_at,
+        received_at_ms: o.received_at_ms,
         direction: c.direction,
         started_at: c.started_at.and_then(seconds),
         ended_at: c.ended_at.and_then(seconds),
@@ -180,7 +343,7 @@ mod tests {
     use super::*;
     use schemas::{CallAgent, Status};
 
-    fn event(call: Option<CallRecord>) -> NormalizedEvent {
+    fn event() -> NormalizedEvent {
         NormalizedEvent {
             event_id: "e1".into(),
             tenant: "acme".into(),
@@ -192,22 +355,30 @@ mod tests {
             source_addr: "127.0.0.1".into(),
             payload: "{}".into(),
             error: String::new(),
-            call,
+            call: None,
+            contact: None,
+            contact_list: None,
+            message: None,
         }
     }
 
     #[test]
-    fn every_event_gets_a_raw_row_and_calls_a_call_row() {
-        let rows = Rows::from_event(event(None));
-        assert_eq!(rows.raw.status, "normalized");
-        assert_eq!(rows.raw.received_at, 1_772_460_701);
-        assert_eq!(rows.raw.received_at_ms, 1_772_460_701_999);
-        assert!(rows.call.is_none());
+    fn every_event_gets_a_raw_row() {
+        let mut tables = Tables::default();
+        let mut invalid = event();
+        invalid.status = Status::Invalid;
+        tables.add_event(invalid);
+        assert_eq!(tables.raw.len(), 1);
+        assert_eq!(tables.raw[0].status, "invalid");
+        assert_eq!(tables.raw[0].received_at, 1_772_460_701);
+        assert_eq!(tables.raw[0].received_at_ms, 1_772_460_701_999);
+        assert!(tables.calls.is_empty() && tables.contacts.is_empty());
     }
 
     #[test]
-    fn call_rows_flatten_agents_into_parallel_arrays() {
-        let call = CallRecord {
+    fn a_call_with_a_contact_adds_a_call_row_and_a_contact_row() {
+        let mut e = event();
+        e.call = Some(CallRecord {
             call_id: 7,
             started_at: Some(1_772_460_300_000),
             abandoned: Some(true),
@@ -226,15 +397,66 @@ mod tests {
                 },
             ],
             ..CallRecord::default()
-        };
-        let row = Rows::from_event(event(Some(call))).call.unwrap();
-        assert_eq!(row.call_id, 7);
-        assert_eq!(row.started_at, Some(1_772_460_300));
-        assert_eq!(row.abandoned, Some(1));
-        assert_eq!(row.agent_ids, [21, 0]);
-        assert_eq!(row.agent_names, ["Dev Patel", "Lena Berg"]);
-        assert_eq!(row.agent_types, ["Normal call", "Transfer Call"]);
-        assert_eq!(row.event_id, "e1");
+        });
+        e.contact = Some(ContactRecord {
+            contact_id: 31,
+            created_at: Some(1_763_665_330_000),
+            ..ContactRecord::default()
+        });
+        let mut tables = Tables::default();
+        tables.add_event(e);
+        let call = &tables.calls[0];
+        assert_eq!(
+            (call.call_id, call.started_at, call.abandoned),
+            (7, Some(1_772_460_300), Some(1))
+        );
+        assert_eq!(call.agent_ids, [21, 0]);
+        assert_eq!(call.agent_names, ["Dev Patel", "Lena Berg"]);
+        assert_eq!(call.agent_types, ["Normal call", "Transfer Call"]);
+        let contact = &tables.contacts[0];
+        assert_eq!(
+            (contact.contact_id, contact.created_at),
+            (31, Some(1_763_665_330))
+        );
+        assert_eq!(
+            (contact.event_id.as_str(), contact.event.as_str()),
+            ("e1", "call-ended")
+        );
+    }
+
+    #[test]
+    fn lists_messages_and_dead_letters_get_their_rows() {
+        let mut e = event();
+        e.contact_list = Some(ContactListRecord {
+            list_id: 12,
+            member_ids: vec![1, 2],
+            ..ContactListRecord::default()
+        });
+        e.message = Some(MessageRecord {
+            message_id: "SM1".into(),
+            sent_at: Some(1_000),
+            ..MessageRecord::default()
+        });
+        let mut tables = Tables::default();
+        tables.add_event(e);
+        tables.add_dead_letter(DeadLetter {
+            stage: "transform".into(),
+            reason: "no id".into(),
+            event_id: "e2".into(),
+            tenant: "acme".into(),
+            event: "call-ended".into(),
+            source_topic: "webhooks.raw".into(),
+            source_partition: 1,
+            source_offset: 5,
+            key: "k".into(),
+            payload: vec![0xff, b'{'],
+            failed_at: 2_500,
+        });
+        assert_eq!(tables.contact_lists[0].member_ids, [1, 2]);
+        assert_eq!(tables.messages[0].sent_at, Some(1));
+        let letter = &tables.dead_letters[0];
+        assert_eq!((letter.failed_at, letter.failed_at_ms), (2, 2_500));
+        assert_eq!(letter.payload, "\u{fffd}{");
     }
 
     #[test]

@@ -164,11 +164,16 @@ impl Sink {
             .map_err(SinkError::at(format!("statement `{head}…`")))
     }
 
-    /// Writes a batch: every raw event, then the call events. Idempotent: writing the
-    /// same batch again adds rows the views collapse by event id.
+    /// Writes a batch, one insert per storage table. Idempotent: writing the same batch
+    /// again adds rows the views collapse by event id.
     pub async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
-        insert(&self.client, "raw_events_store", &batch.raw).await?;
-        insert(&self.client, "call_events_store", &batch.calls).await?;
+        let t = &batch.tables;
+        insert(&self.client, "raw_events_store", &t.raw).await?;
+        insert(&self.client, "call_events_store", &t.calls).await?;
+        insert(&self.client, "contact_events_store", &t.contacts).await?;
+        insert(&self.client, "contact_list_events_store", &t.contact_lists).await?;
+        insert(&self.client, "message_events_store", &t.messages).await?;
+        insert(&self.client, "dead_letters_store", &t.dead_letters).await?;
         Ok(())
     }
 }

@@ -89,8 +89,34 @@ SELECT
     agent_actions, agent_types, loaded_at
 FROM {db}.call_events_store FINAL;
 
+-- One row per (call, agent) of the call's newest event that lists agents. The four
+-- arrays are taken together (one tuple) so they always come from the same event.
+CREATE VIEW IF NOT EXISTS {db}.call_agents AS
+SELECT
+    tenant,
+    call_id,
+    agent_id,
+    agent_name,
+    agent_action,
+    agent_type
+FROM
+(
+    SELECT
+        tenant,
+        call_id,
+        argMaxIf((agent_ids, agent_names, agent_actions, agent_types), received_at_ms, notEmpty(agent_names)) AS agents
+    FROM {db}.call_events_store FINAL
+    GROUP BY tenant, call_id
+)
+ARRAY JOIN
+    tupleElement(agents, 1) AS agent_id,
+    tupleElement(agents, 2) AS agent_name,
+    tupleElement(agents, 3) AS agent_action,
+    tupleElement(agents, 4) AS agent_type;
+
 -- One row per call: each column is the newest non-empty value of any of the call's
 -- events (by receipt time), so a late retry of an older event never erases newer facts.
+-- Recording URLs are the union over all events: recordings only ever add up.
 -- The inner query renames columns (e_*) so the aggregates can take the plain names.
 CREATE VIEW IF NOT EXISTS {db}.calls AS
 SELECT
@@ -108,8 +134,9 @@ SELECT
     argMaxIf(e_call_type, v, e_call_type != '') AS call_type,
     argMaxIf(e_sub_type, v, e_sub_type != '') AS sub_type,
     argMaxIf(e_tags, v, notEmpty(e_tags)) AS tags,
-    argMaxIf(e_recording_urls, v, notEmpty(e_recording_urls)) AS recording_urls,
+    arraySort(groupUniqArrayArray(e_recording_urls)) AS recording_urls,
     argMaxIf(e_line_number, v, e_line_number != '') AS line_number,
+    replaceRegexpAll(line_number, '[^0-9]', '') AS line_number_digits,
     argMaxIf(e_line_alias, v, e_line_alias != '') AS line_alias,
     argMaxIf(e_campaign, v, e_campaign != '') AS campaign,
     argMaxIf(e_ring_group_id, v, isNotNull(e_ring_group_id)) AS ring_group_id,
@@ -118,9 +145,11 @@ SELECT
     argMaxIf(e_disposition_note, v, e_disposition_note != '') AS disposition_note,
     argMaxIf(e_contact_id, v, isNotNull(e_contact_id)) AS contact_id,
     argMaxIf(e_contact_phone, v, e_contact_phone != '') AS contact_phone,
+    replaceRegexpAll(contact_phone, '[^0-9]', '') AS contact_phone_digits,
     argMaxIf(e_transfer_number, v, e_transfer_number != '') AS transfer_number,
     argMaxIf(e_transfer_talk_time_s, v, isNotNull(e_transfer_talk_time_s)) AS transfer_talk_time_s,
     argMaxIf(e_agent_names, v, notEmpty(e_agent_names)) AS agent_names,
+    argMaxIf(e_external_numbers, v, notEmpty(e_external_numbers)) AS external_numbers,
     min(e_received_at) AS first_event_at,
     max(e_received_at) AS last_event_at,
     count() AS events
@@ -138,7 +167,7 @@ FROM
         disposition_code AS e_disposition_code, disposition_note AS e_disposition_note,
         contact_id AS e_contact_id, contact_phone AS e_contact_phone,
         transfer_number AS e_transfer_number, transfer_talk_time_s AS e_transfer_talk_time_s,
-        agent_names AS e_agent_names
+        agent_names AS e_agent_names, external_numbers AS e_external_numbers
     FROM {db}.call_events_store FINAL
 )
 GROUP BY tenant, call_id;

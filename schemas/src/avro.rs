@@ -24,7 +24,10 @@ const HEADER_LEN: usize = 10;
 pub const RAW_ENVELOPE_SCHEMAS: &[&str] = &[include_str!("../avro/raw_envelope.v1.avsc")];
 
 /// Every released schema of the normalized event, oldest first.
-pub const NORMALIZED_EVENT_SCHEMAS: &[&str] = &[include_str!("../avro/normalized_event.v1.avsc")];
+pub const NORMALIZED_EVENT_SCHEMAS: &[&str] = &[
+    include_str!("../avro/normalized_event.v1.avsc"),
+    include_str!("../avro/normalized_event.v2.avsc"),
+];
 
 /// Every released schema of the dead letter, oldest first.
 pub const DEAD_LETTER_SCHEMAS: &[&str] = &[include_str!("../avro/dead_letter.v1.avsc")];
@@ -159,7 +162,26 @@ pub fn dead_letter() -> &'static Codec<DeadLetter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{CallAgent, CallRecord, Status};
+    use crate::records::{
+        CallAgent, CallRecord, ContactListRecord, ContactRecord, MessageRecord, Status,
+    };
+    use serde::{Deserialize, Serialize};
+
+    /// The v1 shape of the normalized event, as a v1 writer serialized it.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct V1NormalizedEvent {
+        event_id: String,
+        tenant: String,
+        event: String,
+        status: Status,
+        entity: String,
+        entity_id: String,
+        received_at: i64,
+        source_addr: String,
+        payload: String,
+        error: String,
+        call: Option<CallRecord>,
+    }
 
     fn envelope() -> RawEnvelope {
         RawEnvelope {
@@ -185,6 +207,9 @@ mod tests {
             payload: r#"{"id":880142}"#.into(),
             error: String::new(),
             call,
+            contact: None,
+            contact_list: None,
+            message: None,
         }
     }
 
@@ -218,6 +243,102 @@ mod tests {
         for record in [normalized(Some(call)), normalized(None)] {
             let bytes = codec.encode(&record).unwrap();
             assert_eq!(codec.decode(&bytes).unwrap(), record);
+        }
+    }
+
+    #[test]
+    fn v2_records_of_every_entity_round_trip() {
+        let mut record = normalized(None);
+        record.contact = Some(ContactRecord {
+            contact_id: 30417,
+            first_name: "Maria".into(),
+            additional_fields: r#"{"plan":"gold"}"#.into(),
+            created_at: Some(1_763_665_330_000),
+            ..ContactRecord::default()
+        });
+        record.contact_list = Some(ContactListRecord {
+            list_id: 12,
+            name: "Renewals".into(),
+            size: Some(2),
+            member_ids: vec![1, 2],
+            ..ContactListRecord::default()
+        });
+        record.message = Some(MessageRecord {
+            message_id: "SM1".into(),
+            direction: "inbound".into(),
+            contact_id: Some(30417),
+            ..MessageRecord::default()
+        });
+        let codec = normalized_event();
+        assert_eq!(
+            codec.decode(&codec.encode(&record).unwrap()).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn a_record_written_with_schema_v1_still_decodes() {
+        // What a v1 transform wrote: the v1 schema, no contact, list or message fields.
+        let v1 =
+            Codec::<V1NormalizedEvent>::new("normalized event v1", &NORMALIZED_EVENT_SCHEMAS[..1]);
+        let old = V1NormalizedEvent {
+            event_id: "e1".into(),
+            tenant: "acme".into(),
+            event: "call-ended".into(),
+            status: Status::Normalized,
+            entity: "call".into(),
+            entity_id: "7".into(),
+            received_at: 1_000,
+            source_addr: "127.0.0.1".into(),
+            payload: "{}".into(),
+            error: String::new(),
+            call: Some(CallRecord {
+                call_id: 7,
+                ..CallRecord::default()
+            }),
+        };
+        let bytes = v1.encode(&old).unwrap();
+        let decoded = normalized_event().decode(&bytes).unwrap();
+        assert_eq!(decoded.call.unwrap().call_id, 7);
+        assert_eq!(decoded.event_id, "e1");
+        assert!(
+            decoded.contact.is_none()
+                && decoded.contact_list.is_none()
+                && decoded.message.is_none()
+        );
+    }
+
+    #[test]
+    fn every_schema_version_adds_only_optional_fields_with_defaults() {
+        for versions in [
+            RAW_ENVELOPE_SCHEMAS,
+            NORMALIZED_EVENT_SCHEMAS,
+            DEAD_LETTER_SCHEMAS,
+        ] {
+            for pair in versions.windows(2) {
+                let old: serde_json::Value = serde_json::from_str(pair[0]).unwrap();
+                let new: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
+                let names = |v: &serde_json::Value| -> Vec<String> {
+                    v["fields"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f["name"].as_str().unwrap().to_owned())
+                        .collect()
+                };
+                let (old_names, new_names) = (names(&old), names(&new));
+                assert_eq!(
+                    new_names[..old_names.len()],
+                    old_names[..],
+                    "fields removed or reordered"
+                );
+                for field in &new["fields"].as_array().unwrap()[old_names.len()..] {
+                    assert_eq!(field["default"], serde_json::Value::Null, "{field}");
+                    assert_eq!(field["type"][0], "null", "{field}");
+                }
+                assert_eq!(old["name"], new["name"]);
+                assert_eq!(old["namespace"], new["namespace"]);
+            }
         }
     }
 

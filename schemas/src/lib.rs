@@ -11,4 +11,7 @@ pub mod migrations;
 pub mod records;
 
 pub use event::{Entity, EventKind};
-pub use records::{CallAgent, CallRecord, DeadLetter, NormalizedEvent, RawEnvelope, Status};
+pub use records::{
+    CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord,
+    NormalizedEvent, RawEnvelope, Status,
+};

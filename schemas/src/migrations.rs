@@ -11,11 +11,18 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they must be applied.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "entities",
+        sql: include_str!("../migrations/0002_entities.sql"),
+    },
+];
 
 impl Migration {
     /// The migration's statements for `database`, comments removed, one per element.
@@ -58,9 +65,10 @@ mod tests {
 
     #[test]
     fn statements_name_the_given_database_and_carry_no_placeholder() {
-        let statements = MIGRATIONS[0].statements("analytics_test");
-        assert!(statements.len() >= 5);
-        for s in &statements {
+        for s in MIGRATIONS
+            .iter()
+            .flat_map(|m| m.statements("analytics_test"))
+        {
             assert!(!s.contains("{db}"), "{s}");
             assert!(!s.contains("--"), "comment left in {s}");
             assert!(s.contains("analytics_test."), "{s}");

@@ -79,6 +79,12 @@ pub struct NormalizedEvent {
     /// Why the event is invalid or unrecognized; empty otherwise.
     pub error: String,
     pub call: Option<CallRecord>,
+    /// From a contact event, or the contact embedded in a call (schema v2).
+    pub contact: Option<ContactRecord>,
+    /// Schema v2.
+    pub contact_list: Option<ContactListRecord>,
+    /// Schema v2.
+    pub message: Option<MessageRecord>,
 }
 
 /// A NectarDesk call object, flattened. Times are Unix milliseconds (UTC); `utc_offset_s`
@@ -117,6 +123,56 @@ pub struct CallRecord {
     pub transfer_talk_time_s: Option<i64>,
     pub external_numbers: Vec<String>,
     pub agents: Vec<CallAgent>,
+}
+
+/// A contact, from a contact event or embedded in a call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRecord {
+    pub contact_id: i64,
+    /// Trimmed; the literal `"null"` the sender sometimes sends is empty.
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    /// As sent.
+    pub phone: String,
+    pub created_at: Option<i64>,
+    pub utc_offset_s: Option<i32>,
+    /// JSON object text, `{}` when none.
+    pub additional_fields: String,
+    /// JSON object text, `{}` when none.
+    pub integrations: String,
+}
+
+/// A contact list. The payload's field names are guesses until real samples exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactListRecord {
+    pub list_id: i64,
+    pub name: String,
+    pub description: String,
+    pub size: Option<i64>,
+    pub member_ids: Vec<i64>,
+    pub created_at: Option<i64>,
+    pub utc_offset_s: Option<i32>,
+}
+
+/// A text message. The payload's field names are guesses until real samples exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub message_id: String,
+    /// `inbound` / `outbound`.
+    pub direction: String,
+    /// e.g. `sms`, `whatsapp`; empty when not given.
+    pub channel: String,
+    /// As sent.
+    pub from_number: String,
+    pub to_number: String,
+    pub text: String,
+    pub sent_at: Option<i64>,
+    pub utc_offset_s: Option<i32>,
+    pub status: String,
+    pub contact_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub agent_name: String,
 }
 
 /// One agent's part in a call.

@@ -330,6 +330,39 @@ impl ClickHouse {
     }
 }
 
+/// A golden fixture of the `transform` crate: its event slug and the body to send.
+pub fn fixture(name: &str) -> (String, String) {
+    let path = format!(
+        "{}/../transform/tests/fixtures/{name}.input.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading fixture {path}: {e}"));
+    let input: Value = serde_json::from_str(&text).unwrap();
+    let body = match input["body_text"].as_str() {
+        Some(text) => text.to_owned(),
+        None => input["body"].to_string(),
+    };
+    (input["event"].as_str().unwrap().to_owned(), body)
+}
+
+/// The names of every golden fixture of the `transform` crate.
+pub fn fixture_names() -> Vec<String> {
+    let dir = format!("{}/../transform/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".input.json")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// A payload from the shared NectarDesk samples (`../shared/nectardesk/samples`).
 pub fn sample(name: &str) -> String {
     let path = format!(

@@ -8,6 +8,30 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 
+/// The field `key` of `map`, or `null` when absent, so every reader sees a value.
+pub(crate) fn field<'a>(map: &'a Map<String, Value>, key: &str) -> &'a Value {
+    map.get(key).unwrap_or(&Value::Null)
+}
+
+/// The first of `keys` that `map` has with a value other than `null`, `""`, `{}` or `[]`
+/// (payloads whose field names are not documented use any of several spellings).
+pub(crate) fn first<'a>(map: &'a Map<String, Value>, keys: &[&str]) -> &'a Value {
+    keys.iter()
+        .filter_map(|key| map.get(*key))
+        .find(|value| !is_empty(value))
+        .unwrap_or(&Value::Null)
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.trim().is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
 /// A one-element array stands for its element; anything else is itself.
 fn scalar(value: &Value) -> &Value {
     match value {
@@ -161,6 +185,17 @@ fn epoch(n: i64) -> Option<(i64, Option<i32>)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn first_skips_absent_and_empty_spellings() {
+        let map = json!({"name": "", "title": null, "listName": "VIP", "label": "x"});
+        let map = map.as_object().unwrap();
+        assert_eq!(
+            first(map, &["name", "title", "listName", "label"]),
+            &json!("VIP")
+        );
+        assert_eq!(first(map, &["nope"]), &Value::Null);
+    }
 
     #[test]
     fn int_accepts_numbers_strings_and_singletons() {

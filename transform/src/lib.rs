@@ -5,8 +5,11 @@
 //! drive it with plain values. Normalization never fails and never panics: whatever the
 //! sender sent becomes a [`NormalizedEvent`] whose status says what could be made of it.
 
+mod call;
+mod contact;
 pub mod identity;
 mod lenient;
+mod message;
 mod normalize;
 
 pub use normalize::normalize;

@@ -1,0 +1,88 @@
+//! Properties of normalization on arbitrary input: it never panics, it is deterministic,
+//! it keeps the payload, and what it calls normalized has an entity id.
+
+use proptest::prelude::*;
+use schemas::{EventKind, RawEnvelope, Status};
+use serde_json::{Map, Number, Value};
+use transform::normalize;
+
+fn json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| Value::Number(n.into())),
+        any::<f64>().prop_filter_map("finite", |f| Number::from_f64(f).map(Value::Number)),
+        ".{0,12}".prop_map(Value::String),
+        prop_oneof![
+            Just("2026-03-02T09:05:00-05:00"),
+            Just(""),
+            Just("null"),
+            Just("12"),
+            Just("-3")
+        ]
+        .prop_map(|s| Value::String(s.to_owned())),
+    ];
+    leaf.prop_recursive(4, 48, 8, |inner| {
+        let keys = prop_oneof![
+            Just("id".to_owned()),
+            Just("startedDate".to_owned()),
+            Just("agents".to_owned()),
+            Just("contact".to_owned()),
+            Just("number".to_owned()),
+            Just("disposition".to_owned()),
+            Just("call_recordings".to_owned()),
+            Just("message".to_owned()),
+            Just("contacts".to_owned()),
+            "[a-z]{1,6}",
+        ];
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((keys, inner), 0..6)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+fn event() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(EventKind::ALL.to_vec()).prop_map(|k| k.slug().to_owned()),
+        Just(String::new()),
+        "[a-z]{1,8}(-[a-z]{1,8})?",
+    ]
+}
+
+fn envelope(event: String, body: Vec<u8>) -> RawEnvelope {
+    RawEnvelope {
+        event_id: "e".into(),
+        tenant: "acme".into(),
+        event,
+        received_at: 1_772_460_701_000,
+        source_addr: String::new(),
+        body,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn never_panics_and_is_deterministic_on_arbitrary_json(event in event(), body in json()) {
+        let envelope = envelope(event, body.to_string().into_bytes());
+        let first = normalize(&envelope);
+        prop_assert_eq!(&first, &normalize(&envelope));
+        prop_assert_eq!(first.payload.as_bytes(), envelope.body.as_slice());
+        if first.status == Status::Normalized {
+            prop_assert!(!first.entity_id.is_empty());
+            let records = [first.call.is_some(), first.contact_list.is_some(), first.message.is_some()];
+            prop_assert!(records.iter().any(|r| *r) || first.contact.is_some());
+        } else {
+            prop_assert!(!first.error.is_empty());
+        }
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes(event in event(), body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let envelope = envelope(event, body);
+        prop_assert_eq!(normalize(&envelope), normalize(&envelope));
+    }
+}
