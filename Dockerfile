@@ -1,12 +1,12 @@
-# One image with the three Switchboard binaries (ingest, transform, loader); the compose
-# file picks the binary with `command`. Built from the same workspace and lock file as
-# the native tests.
+# One image with the Switchboard binaries (ingest, transform, loader, simulate); the
+# compose file picks the binary with `command`. Built from the same workspace and lock
+# file as the native tests (scripts/test.sh checks the lists match).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p ingest -p transform-service -p loader \
+RUN cargo build --release --locked -p ingest -p transform-service -p loader -p simulate \
     && mkdir -p /out \
-    && cp target/release/ingest target/release/transform target/release/loader /out/
+    && cp target/release/ingest target/release/transform target/release/loader target/release/simulate /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

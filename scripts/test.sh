@@ -27,11 +27,11 @@ command -v cc >/dev/null && command -v make >/dev/null || apt_install build-esse
 command -v docker-compose >/dev/null || apt_install docker-compose
 
 log "services"
+# Read the status whole first: `grep -q` in a pipeline under pipefail can fail on SIGPIPE.
+status=$(scripts/dev-services status)
 started_here=0
-if ! scripts/dev-services status | grep -q 'kafka: running' \
-    || ! scripts/dev-services status | grep -q 'clickhouse: running'; then
-    started_here=1
-fi
+case "$status" in *"kafka: running"*) ;; *) started_here=1 ;; esac
+case "$status" in *"clickhouse: running"*) ;; *) started_here=1 ;; esac
 if [ $started_here -eq 1 ] && [ "${KEEP_SERVICES:-0}" != 1 ]; then
     trap 'scripts/dev-services down' EXIT
 fi
@@ -50,7 +50,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test (unit, integration, end to end against $KAFKA_BROKERS and $CLICKHOUSE_URL)"
 cargo test --workspace --locked
 
-log "SQL on ClickHouse 18.16 and on a current engine (chdb)"
+log "SQL, dashboards and analytics on ClickHouse 18.16 and on a current engine (chdb)"
+cargo build --locked -q --bins
+export SIMULATE_BIN=$ROOT/target/debug/simulate
 VENV=$ROOT/.cache/venv
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV" || { apt_install python3-venv && python3 -m venv "$VENV"; }

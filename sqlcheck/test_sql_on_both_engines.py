@@ -24,12 +24,18 @@ def statements(path: Path, db: str) -> list[str]:
 
 
 class Chdb:
+    """The current engine. chdb allows one embedded server per process, so every test
+    shares one session and keeps to databases of its own."""
+
     name = "chdb"
+    _session = None
 
     def __init__(self):
         from chdb import session
 
-        self.session = session.Session(tempfile.mkdtemp(prefix="sb-chdb-"))
+        if Chdb._session is None:
+            Chdb._session = session.Session(tempfile.mkdtemp(prefix="sb-chdb-"))
+        self.session = Chdb._session
 
     def query(self, sql: str) -> str:
         return str(self.session.query(sql, "TSV"))

@@ -1,0 +1,11 @@
+-- How long do answered inbound callers wait (average speed of answer, and the 90th percentile)?
+SELECT
+    tenant,
+    count() AS answered_calls,
+    round(avg(waiting_time_s), 1) AS avg_speed_of_answer_s,
+    quantile(0.9)(waiting_time_s) AS p90_wait_s
+FROM switchboard.calls
+WHERE direction = 'inbound' AND ifNull(talk_time_s, 0) > 0
+  AND started_at >= now() - INTERVAL 7 DAY
+GROUP BY tenant
+ORDER BY tenant

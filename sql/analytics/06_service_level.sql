@@ -1,0 +1,10 @@
+-- Service level: what share of inbound calls was answered within 20 seconds (last 7 days)?
+SELECT
+    tenant,
+    count() AS inbound_calls,
+    countIf(ifNull(talk_time_s, 0) > 0 AND ifNull(waiting_time_s, 0) <= 20) AS answered_within_20s,
+    round(answered_within_20s / inbound_calls, 4) AS service_level
+FROM switchboard.calls
+WHERE direction = 'inbound' AND started_at >= now() - INTERVAL 7 DAY
+GROUP BY tenant
+ORDER BY tenant

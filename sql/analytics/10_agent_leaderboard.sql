@@ -1,0 +1,15 @@
+-- Which agents answer the most calls, and how long do they talk (last 7 days)?
+SELECT
+    tenant,
+    agent_name,
+    count() AS calls_answered,
+    round(avg(talk_time_s), 1) AS avg_talk_s,
+    sum(talk_time_s) AS total_talk_s
+FROM switchboard.call_agents
+ALL INNER JOIN
+(
+    SELECT tenant, call_id, talk_time_s, started_at FROM switchboard.calls
+) AS c USING (tenant, call_id)
+WHERE agent_action = 'Answered' AND started_at >= now() - INTERVAL 7 DAY
+GROUP BY tenant, agent_name
+ORDER BY tenant, calls_answered DESC
