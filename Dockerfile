@@ -12,7 +12,9 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home switchboard
+    && useradd --system --uid 10001 --no-create-home switchboard \
+    && mkdir -p /var/lib/switchboard/spool \
+    && chown -R switchboard /var/lib/switchboard
 COPY --from=build /out/ /usr/local/bin/
 USER switchboard
 ENV LOG_FORMAT=json

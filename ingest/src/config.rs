@@ -24,6 +24,10 @@ pub struct Config {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub access: AccessArgs,
+    #[command(flatten)]
+    pub spool: SpoolArgs,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
@@ -44,6 +48,47 @@ pub struct HttpArgs {
     /// The `Retry-After` value sent with every 503.
     #[arg(long, env = "INGEST_RETRY_AFTER_S", default_value_t = 2)]
     pub retry_after_s: u32,
+    /// Deepest JSON nesting accepted; deeper bodies are answered 400.
+    #[arg(long, env = "INGEST_MAX_JSON_DEPTH", default_value_t = 64)]
+    pub max_json_depth: usize,
+    /// How long a body may take to arrive once the headers are in; a slower one is
+    /// answered 503 (the sender retries). Slow headers are for the reverse proxy in front:
+    /// the HTTP server's own header timeout would answer 408, which the sender never
+    /// retries, so it is off.
+    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Deliveries handled at once; more are answered 503 at once (overload).
+    #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+}
+
+/// Who may deliver.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AccessArgs {
+    /// Networks allowed to deliver (CIDRs or addresses, comma-separated); empty allows all.
+    #[arg(long, env = "INGEST_ALLOWED_CIDRS", default_value = "")]
+    pub allowed_cidrs: String,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs or addresses); empty trusts none.
+    #[arg(long, env = "INGEST_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Refused deliveries recorded per second in the dead-letter topic (all are counted).
+    #[arg(long, env = "INGEST_RECORD_REJECTIONS_PER_S", default_value_t = 20)]
+    pub record_rejections_per_s: u32,
+}
+
+/// The local spool that takes deliveries Kafka could not acknowledge in time.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SpoolArgs {
+    /// Directory of the spool; unset disables it (then Kafka trouble means 503).
+    #[arg(long, env = "INGEST_SPOOL_DIR")]
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Largest spool; when full, deliveries Kafka cannot take are answered 503.
+    #[arg(long, env = "INGEST_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    pub spool_max_bytes: u64,
+    /// Where accepted deliveries go: `kafka` (with the spool as fallback). `spool` and
+    /// `discard` exist for the load benchmark only: `discard` keeps nothing.
+    #[arg(long, env = "INGEST_SINK", default_value = "kafka", value_parser = ["kafka", "spool", "discard"])]
+    pub sink: String,
 }
 
 /// A configuration mistake, reported at start.
@@ -63,6 +108,14 @@ pub enum ConfigError {
     BodyLimitTooSmall(usize),
     #[error("INGEST_PRODUCE_TIMEOUT_MS must be from 100 to 300000, got {0}")]
     BadProduceTimeout(u64),
+    #[error("{0} entry {1:?} is not a CIDR (like 10.0.0.0/8) or an address")]
+    BadNetwork(&'static str, String),
+    #[error("INGEST_MAX_JSON_DEPTH must be from 2 to 128, got {0}")]
+    BadDepth(usize),
+    #[error("INGEST_MAX_IN_FLIGHT must be at least 1, got {0}")]
+    BadInFlight(usize),
+    #[error("INGEST_SINK=spool needs INGEST_SPOOL_DIR")]
+    SpoolSinkWithoutDir,
     #[error(transparent)]
     Kafka(#[from] runtime::kafka::KafkaConfigError),
 }
@@ -71,6 +124,10 @@ impl Config {
     /// Checks everything that can be checked before binding a port.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
+        self.access.access()?;
+        if self.spool.sink == "spool" && self.spool.spool_dir.is_none() {
+            return Err(ConfigError::SpoolSinkWithoutDir);
+        }
         self.kafka.validate()?;
         self.topics.validate()?;
         Ok(())
@@ -85,7 +142,26 @@ impl HttpArgs {
         if !(100..=300_000).contains(&self.produce_timeout_ms) {
             return Err(ConfigError::BadProduceTimeout(self.produce_timeout_ms));
         }
+        if !(2..=128).contains(&self.max_json_depth) {
+            return Err(ConfigError::BadDepth(self.max_json_depth));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::BadInFlight(0));
+        }
         Ok(())
+    }
+}
+
+impl AccessArgs {
+    /// The parsed rules; names the entry that is not a network.
+    pub fn access(&self) -> Result<crate::access::Access, ConfigError> {
+        use crate::access::parse_networks;
+        Ok(crate::access::Access {
+            allowed: parse_networks(&self.allowed_cidrs)
+                .map_err(|e| ConfigError::BadNetwork("INGEST_ALLOWED_CIDRS", e))?,
+            trusted_proxies: parse_networks(&self.trusted_proxies)
+                .map_err(|e| ConfigError::BadNetwork("INGEST_TRUSTED_PROXIES", e))?,
+        })
     }
 }
 
@@ -223,6 +299,9 @@ mod tests {
             max_body_bytes,
             produce_timeout_ms,
             retry_after_s: 2,
+            max_json_depth: 64,
+            body_timeout_ms: 10_000,
+            max_in_flight: 16,
         };
         assert_eq!(http(1_048_576, 5_000).validate(), Ok(()));
         assert_eq!(

@@ -12,11 +12,17 @@ pub enum IngestError {
     /// prober learns nothing about which tokens exist.
     #[error("not found")]
     NotFound,
+    /// The source address is not on the allow-list.
+    #[error("forbidden")]
+    Forbidden,
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error("body nests deeper than {limit} levels")]
+    TooDeep { limit: usize },
     #[error("body is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    /// Kafka did not acknowledge in time, or the producer queue is full.
+    /// Kafka did not acknowledge in time and the spool could not take it, the server is
+    /// overloaded or shutting down, or the body arrived too slowly: retry later.
     #[error("the event could not be stored durably right now; retry later")]
     Unavailable { retry_after_s: u32 },
     /// A bug or an unexpected failure; the detail goes to the log, not to the sender.
@@ -33,7 +39,8 @@ impl ResponseError for IngestError {
     fn status_code(&self) -> StatusCode {
         match self {
             IngestError::NotFound => StatusCode::NOT_FOUND,
-            IngestError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            IngestError::Forbidden => StatusCode::FORBIDDEN,
+            IngestError::InvalidJson(_) | IngestError::TooDeep { .. } => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Internal => StatusCode::INTERNAL_SERVER_ERROR,

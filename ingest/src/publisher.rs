@@ -1,16 +1,21 @@
 //! Where accepted events go: a small trait so the HTTP layer can be tested without a
-//! broker, and its Kafka implementation (idempotent producer, `acks=all`).
+//! broker, the Kafka publisher (idempotent producer, `acks=all`), and the durable
+//! publisher that falls back to the local spool when Kafka does not acknowledge in time.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use runtime::KafkaArgs;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::PublishError;
+use crate::metrics::Metrics;
+use crate::spool::{Spool, SpoolError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -39,19 +44,8 @@ impl KafkaPublisher {
         topic: &str,
         produce_timeout: Duration,
     ) -> Result<KafkaPublisher, KafkaError> {
-        let producer: FutureProducer = kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                produce_timeout.as_millis().to_string(),
-            )
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4")
-            .create()?;
         Ok(KafkaPublisher {
-            producer,
+            producer: kafka.reliable_producer(produce_timeout)?,
             topic: topic.to_owned(),
         })
     }
@@ -62,6 +56,40 @@ impl KafkaPublisher {
             tracing::warn!(error = %e, "Producer flush did not complete");
         }
     }
+
+    async fn send(&self, key: &str, payload: &[u8]) -> Result<(), PublishError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        // A full local queue means we are over capacity: fail at once rather than hold
+        // the request.
+        match self
+            .producer
+            .send(record, Timeout::After(Duration::ZERO))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(classify(e)),
+        }
+    }
+
+    async fn reachable(&self) -> bool {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let check = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map(|m| {
+                    // Ready only when every partition of the topic has a leader to write to.
+                    m.topics().iter().any(|t| {
+                        t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false)
+        });
+        check.await.unwrap_or(false)
+    }
 }
 
 impl Publisher for KafkaPublisher {
@@ -70,38 +98,11 @@ impl Publisher for KafkaPublisher {
         key: &'a str,
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move {
-            let record = FutureRecord::to(&self.topic).key(key).payload(&payload);
-            // A full local queue means we are over capacity: fail at once with a 503
-            // rather than hold the request.
-            match self
-                .producer
-                .send(record, Timeout::After(Duration::ZERO))
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err((e, _)) => Err(classify(e)),
-            }
-        })
+        Box::pin(async move { self.send(key, &payload).await })
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            let producer = self.producer.clone();
-            let topic = self.topic.clone();
-            let check = tokio::task::spawn_blocking(move || {
-                producer
-                    .client()
-                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                    .map(|m| {
-                        m.topics()
-                            .iter()
-                            .any(|t| t.error().is_none() && !t.partitions().is_empty())
-                    })
-                    .unwrap_or(false)
-            });
-            check.await.unwrap_or(false)
-        })
+        Box::pin(self.reachable())
     }
 }
 
@@ -111,5 +112,153 @@ fn classify(e: KafkaError) -> PublishError {
             PublishError::Refused(e.to_string())
         }
         _ => PublishError::Unavailable(e.to_string()),
+    }
+}
+
+fn spool_error(e: SpoolError) -> PublishError {
+    match e {
+        SpoolError::Full { .. } => PublishError::Unavailable(e.to_string()),
+        other => PublishError::Unavailable(format!("kafka unavailable and {other}")),
+    }
+}
+
+/// Kafka first; when Kafka does not acknowledge in time, the fsync'd local spool. While
+/// the spool holds anything, new events go to the spool too, so that each key's events
+/// reach Kafka in the order they were accepted.
+pub struct DurablePublisher {
+    kafka: Arc<KafkaPublisher>,
+    spool: Arc<Spool>,
+    metrics: Arc<Metrics>,
+}
+
+impl DurablePublisher {
+    pub fn new(
+        kafka: Arc<KafkaPublisher>,
+        spool: Arc<Spool>,
+        metrics: Arc<Metrics>,
+    ) -> DurablePublisher {
+        DurablePublisher {
+            kafka,
+            spool,
+            metrics,
+        }
+    }
+
+    /// Moves spooled entries to Kafka, oldest first, until `shutdown`; an entry leaves
+    /// the spool only after Kafka acknowledged it.
+    pub async fn drain(
+        kafka: Arc<KafkaPublisher>,
+        spool: Arc<Spool>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            metrics.spool(spool.events(), spool.bytes());
+            let entries = match spool.oldest(500) {
+                Ok(entries) if entries.is_empty() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(error = %e, "Reading the spool failed");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            // Enqueue in order, then wait for every acknowledgement: the idempotent
+            // producer keeps the order per partition.
+            let sends: Vec<_> = entries
+                .iter()
+                .map(|e| kafka.send(&e.key, &e.payload))
+                .collect();
+            let results = futures::future::join_all(sends).await;
+            let acked = results.iter().take_while(|r| r.is_ok()).count();
+            if acked > 0 {
+                if let Err(e) = spool.remove(&entries[..acked]) {
+                    tracing::error!(error = %e, "Removing drained entries from the spool failed");
+                }
+                metrics.spool_drained(acked as u64);
+            }
+            if acked < entries.len() {
+                tracing::warn!(waiting = spool.events(), "Kafka unavailable; spool kept");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            } else {
+                backoff = Duration::from_millis(200);
+            }
+        }
+        metrics.spool(spool.events(), spool.bytes());
+    }
+}
+
+impl Publisher for DurablePublisher {
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            if self.spool.events() > 0 {
+                return self.spool.append(key, &payload).await.map_err(spool_error);
+            }
+            let started = Instant::now();
+            match self.kafka.send(key, &payload).await {
+                Ok(()) => {
+                    self.metrics.produced(started.elapsed());
+                    Ok(())
+                }
+                Err(PublishError::Unavailable(reason)) => {
+                    tracing::warn!(%reason, "Kafka did not acknowledge; spooling");
+                    self.spool.append(key, &payload).await.map_err(spool_error)
+                }
+                Err(refused) => Err(refused),
+            }
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.spool.has_room() || self.kafka.reachable().await })
+    }
+}
+
+/// Writes to the spool only and never drains it: the cost of durability on local disk
+/// (for the load benchmark).
+pub struct SpoolOnlyPublisher(pub Arc<Spool>);
+
+impl Publisher for SpoolOnlyPublisher {
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { self.0.append(key, &payload).await.map_err(spool_error) })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.0.has_room() })
+    }
+}
+
+/// Accepts and forgets: the HTTP ceiling (for the load benchmark only; not durable).
+pub struct DiscardPublisher;
+
+impl Publisher for DiscardPublisher {
+    fn publish<'a>(
+        &'a self,
+        _key: &'a str,
+        _payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
     }
 }

@@ -1,25 +1,66 @@
 //! The HTTP surface: webhook routes, health, readiness.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use schemas::event::is_well_formed_slug;
 use schemas::{avro, RawEnvelope};
 
+use crate::access::Access;
 use crate::config::{HttpArgs, Tokens};
 use crate::error::{IngestError, PublishError};
+use crate::metrics::Metrics;
 use crate::publisher::Publisher;
+use crate::rejections::{Rejection, Rejections};
 
 /// What every handler shares.
 pub struct State {
     pub tokens: Tokens,
     pub http: HttpArgs,
+    pub access: Access,
     pub publisher: Arc<dyn Publisher>,
+    pub metrics: Arc<Metrics>,
+    pub rejections: Arc<Rejections>,
+    /// Deliveries in progress; when none is left, the answer is 503 (overload).
+    pub in_flight: Arc<Semaphore>,
+    /// Cancelled when shutdown begins: from then on deliveries are answered 503.
+    pub shutdown: CancellationToken,
+}
+
+impl State {
+    /// A state with the given publisher and default access rules, metrics and limits.
+    pub fn new(
+        tokens: Tokens,
+        http: HttpArgs,
+        access: Access,
+        publisher: Arc<dyn Publisher>,
+    ) -> State {
+        let metrics = Arc::new(Metrics::new());
+        State {
+            in_flight: Arc::new(Semaphore::new(http.max_in_flight)),
+            rejections: Arc::new(Rejections::new(metrics.clone(), None, 20)),
+            tokens,
+            http,
+            access,
+            publisher,
+            metrics,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn unavailable(&self) -> IngestError {
+        IngestError::Unavailable {
+            retry_after_s: self.http.retry_after_s,
+        }
+    }
 }
 
 /// Registers every route on an actix app.
@@ -29,6 +70,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<State>) {
         .route("/hooks/{token}", web::post().to(receive_without_event))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .default_service(web::to(not_found));
 }
 
@@ -44,14 +86,7 @@ async fn receive_with_event(
     body: web::Payload,
 ) -> Result<HttpResponse, IngestError> {
     let (token, event) = path.into_inner();
-    let tenant = state
-        .tokens
-        .tenant_for(&token)
-        .ok_or(IngestError::NotFound)?;
-    let event = slugify(&event).ok_or(IngestError::NotFound)?;
-    let body = read_body(body, state.http.max_body_bytes).await?;
-    let json = parse(&body)?;
-    accept(&state, &req, tenant, &event, body, &json).await
+    receive(&state, &req, &token, Some(&event), body).await
 }
 
 async fn receive_without_event(
@@ -60,24 +95,106 @@ async fn receive_without_event(
     token: web::Path<String>,
     body: web::Payload,
 ) -> Result<HttpResponse, IngestError> {
-    let tenant = state
-        .tokens
-        .tenant_for(&token)
-        .ok_or(IngestError::NotFound)?;
-    let body = read_body(body, state.http.max_body_bytes).await?;
-    let json = parse(&body)?;
-    let event = event_from_headers(&req)
+    receive(&state, &req, &token, None, body).await
+}
+
+/// One delivery: checks in the order of cost, refusing (and recording) what fails.
+async fn receive(
+    state: &State,
+    req: &HttpRequest,
+    token: &str,
+    path_event: Option<&str>,
+    payload: web::Payload,
+) -> Result<HttpResponse, IngestError> {
+    let peer = req.peer_addr().map(|a| a.ip());
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = peer.and_then(|peer| state.access.client(peer, forwarded));
+    let source = client.map(|ip| ip.to_string()).unwrap_or_default();
+    let refuse =
+        |reason: &'static str, error: IngestError, tenant: &str, event: &str, body: &[u8]| {
+            state.rejections.record(Rejection {
+                reason,
+                status: error.status_code().as_u16(),
+                detail: error.to_string(),
+                tenant,
+                event,
+                source: source.clone(),
+                body,
+            });
+            error
+        };
+    if state.shutdown.is_cancelled() {
+        state.metrics.rejected("shutting_down");
+        return Err(state.unavailable());
+    }
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        state.metrics.rejected("overloaded");
+        return Err(state.unavailable());
+    };
+    if !state.access.allows(client) {
+        return Err(refuse("forbidden", IngestError::Forbidden, "", "", b""));
+    }
+    let Some(tenant) = state.tokens.tenant_for(token) else {
+        let hint: String = token.chars().take(4).collect();
+        return Err(refuse(
+            "not_found",
+            IngestError::NotFound,
+            "",
+            &format!("token {hint}…"),
+            b"",
+        ));
+    };
+    let event = match path_event {
+        Some(raw) => match slugify(raw) {
+            Some(slug) => Some(slug),
+            None => return Err(refuse("not_found", IngestError::NotFound, tenant, "", b"")),
+        },
+        None => None,
+    };
+    let event_name = event.as_deref().unwrap_or_default();
+    let body = match read_body(
+        payload,
+        state.http.max_body_bytes,
+        state.http.body_timeout_ms,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err((IngestError::Unavailable { .. }, _)) => {
+            state.metrics.rejected("body_timeout");
+            return Err(state.unavailable());
+        }
+        Err((error, partial)) => {
+            return Err(refuse("too_large", error, tenant, event_name, &partial))
+        }
+    };
+    let json = match parse(&body, state.http.max_json_depth) {
+        Ok(json) => json,
+        Err(error) => {
+            let reason = if matches!(error, IngestError::TooDeep { .. }) {
+                "too_deep"
+            } else {
+                "bad_json"
+            };
+            return Err(refuse(reason, error, tenant, event_name, &body));
+        }
+    };
+    let event = event
+        .or_else(|| event_from_headers(req))
         .or_else(|| event_from_body(&json))
         .unwrap_or_default();
-    accept(&state, &req, tenant, &event, body, &json).await
+    accept(state, tenant, &event, source, body, &json).await
 }
 
 /// Makes the delivery durable, then answers with its receipt.
 async fn accept(
     state: &State,
-    req: &HttpRequest,
     tenant: &str,
     event: &str,
+    source_addr: String,
     body: Vec<u8>,
     json: &Value,
 ) -> Result<HttpResponse, IngestError> {
@@ -88,10 +205,7 @@ async fn accept(
         tenant: tenant.to_owned(),
         event: event.to_owned(),
         received_at: runtime::now_ms(),
-        source_addr: req
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default(),
+        source_addr,
         body,
     };
     let payload = avro::raw_envelope().encode(&envelope).map_err(|e| {
@@ -101,10 +215,9 @@ async fn accept(
     match state.publisher.publish(&key, payload).await {
         Ok(()) => Ok(HttpResponse::Ok().json(Receipt { event_id })),
         Err(PublishError::Unavailable(reason)) => {
-            tracing::warn!(%reason, tenant, event, "Event not acknowledged; answering 503");
-            Err(IngestError::Unavailable {
-                retry_after_s: state.http.retry_after_s,
-            })
+            tracing::warn!(%reason, tenant, event, "Event not stored; answering 503");
+            state.metrics.rejected("unavailable");
+            Err(state.unavailable())
         }
         Err(PublishError::Refused(reason)) => {
             tracing::error!(%reason, tenant, event, "Kafka refused the event");
@@ -113,24 +226,58 @@ async fn accept(
     }
 }
 
-/// Reads the body, refusing more than `limit` bytes without reading them all.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, IngestError> {
+/// Reads the body, refusing more than `limit` bytes without reading them all, and
+/// giving up (503) when a chunk takes longer than `timeout_ms`. On error, also returns
+/// what was read, for the record of the refusal.
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    timeout_ms: u64,
+) -> Result<Vec<u8>, (IngestError, Vec<u8>)> {
     let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => IngestError::TooLarge { limit },
-            other => IngestError::InvalidJson(format!("body could not be read: {other}")),
-        })?;
+    let timeout = Duration::from_millis(timeout_ms);
+    loop {
+        let chunk = match tokio::time::timeout(timeout, payload.next()).await {
+            Err(_elapsed) => return Err((IngestError::Unavailable { retry_after_s: 0 }, body)),
+            Ok(None) => return Ok(body),
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(actix_web::error::PayloadError::Overflow))) => {
+                return Err((IngestError::TooLarge { limit }, body))
+            }
+            // The connection broke mid-body: the sender sees a connection error and retries.
+            Ok(Some(Err(_))) => return Err((IngestError::Unavailable { retry_after_s: 0 }, body)),
+        };
         if body.len() + chunk.len() > limit {
-            return Err(IngestError::TooLarge { limit });
+            body.extend_from_slice(&chunk[..(limit - body.len()).min(chunk.len())]);
+            return Err((IngestError::TooLarge { limit }, body));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
 }
 
-fn parse(body: &[u8]) -> Result<Value, IngestError> {
-    serde_json::from_slice(body).map_err(|e| IngestError::InvalidJson(e.to_string()))
+/// The body as JSON, refusing nesting deeper than `max_depth`.
+fn parse(body: &[u8], max_depth: usize) -> Result<Value, IngestError> {
+    let json: Value =
+        serde_json::from_slice(body).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
+    if depth(&json) > max_depth {
+        return Err(IngestError::TooDeep { limit: max_depth });
+    }
+    Ok(json)
+}
+
+/// Nesting depth of a JSON value (a scalar is 1), without recursion.
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1)];
+    while let Some((value, level)) = stack.pop() {
+        deepest = deepest.max(level);
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|v| (v, level + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|v| (v, level + 1))),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The event slug for a name as a person or the sender may write it (`Call Ended`,
@@ -180,6 +327,12 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
     }
 }
 
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
 async fn not_found() -> Result<HttpResponse, IngestError> {
     Err(IngestError::NotFound)
 }
@@ -199,6 +352,14 @@ mod tests {
         assert_eq!(slugify("call--ended"), None);
         assert_eq!(slugify("call/ended"), None);
         assert_eq!(slugify(""), None);
+    }
+
+    #[test]
+    fn depth_counts_nesting_levels() {
+        assert_eq!(depth(&serde_json::json!(1)), 1);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": 2}]})), 4);
+        assert!(parse(br#"[[[[1]]]]"#, 4).is_err());
+        assert!(parse(br#"[[[1]]]"#, 4).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use actix_web::http::StatusCode;
 use actix_web::{test, web, App};
+use ingest::access::{parse_networks, Access};
 use ingest::config::{HttpArgs, Tokens};
 use ingest::error::PublishError;
 use ingest::publisher::{BoxFuture, Publisher};
@@ -18,6 +19,8 @@ const OLD_TOKEN: &str = "tok_acme_previous_1";
 struct Recorder {
     records: Mutex<Vec<(String, Vec<u8>)>>,
     down: bool,
+    /// When set, publishing waits for this before it completes.
+    gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Publisher for Recorder {
@@ -27,6 +30,9 @@ impl Publisher for Recorder {
         payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
+            if let Some(gate) = &self.gate {
+                gate.notified().await;
+            }
             if self.down {
                 return Err(PublishError::Unavailable("broker down".into()));
             }
@@ -40,23 +46,34 @@ impl Publisher for Recorder {
     }
 }
 
+fn http() -> HttpArgs {
+    HttpArgs {
+        max_body_bytes: 4096,
+        produce_timeout_ms: 1000,
+        retry_after_s: 3,
+        max_json_depth: 8,
+        body_timeout_ms: 1000,
+        max_in_flight: 1,
+    }
+}
+
+fn tokens() -> Tokens {
+    format!("acme={TOKEN},acme={OLD_TOKEN}")
+        .parse::<Tokens>()
+        .unwrap()
+}
+
 fn state(publisher: Arc<Recorder>) -> web::Data<State> {
-    web::Data::new(State {
-        tokens: format!("acme={TOKEN},acme={OLD_TOKEN}")
-            .parse::<Tokens>()
-            .unwrap(),
-        http: HttpArgs {
-            max_body_bytes: 4096,
-            produce_timeout_ms: 1000,
-            retry_after_s: 3,
-        },
-        publisher,
-    })
+    web::Data::new(State::new(tokens(), http(), Access::default(), publisher))
 }
 
 macro_rules! app {
     ($publisher:expr) => {{
         let state = state($publisher);
+        test::init_service(App::new().configure(move |cfg| configure(cfg, state))).await
+    }};
+    (state $state:expr) => {{
+        let state = $state.clone();
         test::init_service(App::new().configure(move |cfg| configure(cfg, state))).await
     }};
 }
@@ -259,4 +276,141 @@ async fn without_a_slug_the_event_comes_from_a_header_or_the_body() {
         ("acme:message:5".to_owned(), "message-sent".to_owned())
     );
     assert_eq!(events[2].1, "");
+}
+
+#[actix_web::test]
+async fn a_source_off_the_allow_list_is_a_403_even_with_a_valid_token() {
+    let access = Access {
+        allowed: parse_networks("198.51.100.0/24").unwrap(),
+        trusted_proxies: parse_networks("10.0.0.0/8").unwrap(),
+    };
+    let recorder = Arc::new(Recorder::default());
+    let state = web::Data::new(State::new(tokens(), http(), access, recorder.clone()));
+    let app = app!(state state);
+    let from = |peer: &str, forwarded: Option<&str>| {
+        let mut req =
+            post(&format!("/hooks/{TOKEN}/call-ended"), CALL).peer_addr(peer.parse().unwrap());
+        if let Some(forwarded) = forwarded {
+            req = req.insert_header(("x-forwarded-for", forwarded));
+        }
+        req.to_request()
+    };
+    assert_eq!(
+        test::call_service(&app, from("203.0.113.9:4000", None))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // An untrusted peer cannot claim an allowed address.
+    assert_eq!(
+        test::call_service(&app, from("203.0.113.9:4000", Some("198.51.100.7")))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // Through our proxy, the forwarded address counts.
+    assert_eq!(
+        test::call_service(&app, from("10.1.2.3:4000", Some("198.51.100.7")))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        test::call_service(&app, from("198.51.100.8:4000", None))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(recorder.records.lock().unwrap().len(), 2);
+    let metrics = state.metrics.render();
+    assert!(
+        metrics.contains(r#"ingest_rejected_total{reason="forbidden"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn json_nested_deeper_than_the_limit_is_a_400() {
+    let app = app!(Arc::new(Recorder::default()));
+    let deep = format!("{}1{}", "[".repeat(9), "]".repeat(9));
+    let resp = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), &deep).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let error: serde_json::Value = test::read_body_json(resp).await;
+    assert_eq!(error["error"], "body nests deeper than 8 levels");
+}
+
+#[actix_web::test]
+async fn over_capacity_is_a_503_never_a_429() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let recorder = Arc::new(Recorder {
+        gate: Some(gate.clone()),
+        ..Recorder::default()
+    });
+    let state = state(recorder.clone());
+    let app = app!(state state);
+    let first = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), CALL).to_request(),
+    );
+    let second = async {
+        // The first delivery holds the only slot while its publish waits at the gate.
+        tokio::task::yield_now().await;
+        let resp = test::call_service(
+            &app,
+            post(&format!("/hooks/{TOKEN}/call-ended"), r#"{"id": 2}"#).to_request(),
+        )
+        .await;
+        gate.notify_one();
+        resp
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.headers().get("retry-after").unwrap(), "3");
+}
+
+#[actix_web::test]
+async fn during_shutdown_deliveries_get_a_503() {
+    let state = state(Arc::new(Recorder::default()));
+    let app = app!(state state);
+    state.shutdown.cancel();
+    let resp = test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), CALL).to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+#[actix_web::test]
+async fn metrics_count_refusals_by_reason() {
+    let state = state(Arc::new(Recorder::default()));
+    let app = app!(state state);
+    test::call_service(
+        &app,
+        post("/hooks/tok_wrong_0123456789/call-ended", CALL).to_request(),
+    )
+    .await;
+    test::call_service(
+        &app,
+        post(&format!("/hooks/{TOKEN}/call-ended"), "{").to_request(),
+    )
+    .await;
+    let resp =
+        test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"ingest_rejected_total{reason="not_found"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ingest_rejected_total{reason="bad_json"} 1"#),
+        "{text}"
+    );
 }

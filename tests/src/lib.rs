@@ -84,17 +84,45 @@ impl Stages {
     };
 }
 
+/// How ingest is set up in a test pipeline.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub spool_dir: Option<std::path::PathBuf>,
+    pub produce_timeout_ms: u64,
+    pub max_in_flight: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> IngestOptions {
+        IngestOptions {
+            spool_dir: None,
+            produce_timeout_ms: 10_000,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+type Task = JoinHandle<Result<(), String>>;
+
 /// The three services running in this process against the real broker and server.
 pub struct Pipeline {
     pub ingest_url: String,
     pub clickhouse: ClickHouse,
     pub topics: TopicArgs,
+    pub kafka: KafkaArgs,
     shutdown: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    ingest: (CancellationToken, Task),
+    ingest_options: IngestOptions,
+    log: LogArgs,
+    tasks: Vec<(&'static str, Task)>,
 }
 
 impl Pipeline {
     pub async fn start(stages: Stages) -> Pipeline {
+        Pipeline::start_with(stages, IngestOptions::default()).await
+    }
+
+    pub async fn start_with(stages: Stages, ingest_options: IngestOptions) -> Pipeline {
         let services = Services::require().await;
         let name = unique("e2e");
         let database = format!("sb_{name}");
@@ -116,30 +144,7 @@ impl Pipeline {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-        let ingest_url = format!("http://{}", listener.local_addr().unwrap());
-        let ingest_config = ingest::Config {
-            listen: ingest_url.clone(),
-            tokens: format!("{TENANT}={TOKEN}").parse().unwrap(),
-            http: ingest::config::HttpArgs {
-                max_body_bytes: 512 * 1024,
-                produce_timeout_ms: 10_000,
-                retry_after_s: 1,
-            },
-            kafka: kafka.clone(),
-            topics: topics.clone(),
-            log: log.clone(),
-        };
-        ingest_config.validate().unwrap();
-        let token = shutdown.clone();
-        tasks.push((
-            "ingest",
-            tokio::spawn(async move {
-                ingest::run(ingest_config, listener, token)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
-        ));
+        let (ingest_url, ingest) = start_ingest(&kafka, &topics, &log, &ingest_options);
 
         if stages.transform {
             let config = transform_service::Config {
@@ -195,32 +200,56 @@ impl Pipeline {
             ingest_url,
             clickhouse: ClickHouse::new(&services.clickhouse_url, &database),
             topics,
+            kafka,
             shutdown,
+            ingest,
+            ingest_options,
+            log,
             tasks,
         };
         pipeline.wait_until_ingest_answers().await;
         pipeline
     }
 
+    /// Waits until ingest says it can accept durably (its topic has leaders, or it has a
+    /// spool with room).
     async fn wait_until_ingest_answers(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = reqwest::get(format!("{}/healthz", self.ingest_url)).await {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", self.ingest_url)).await {
                 if r.status().is_success() {
                     return;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "ingest did not answer /healthz within 30 s"
+                "ingest was not ready within 60 s"
             );
             self.assert_running();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
+    /// Stops ingest gracefully and starts a new one (same settings and spool, new port).
+    pub async fn restart_ingest(&mut self) {
+        self.ingest.0.cancel();
+        let (url, ingest) =
+            start_ingest(&self.kafka, &self.topics, &self.log, &self.ingest_options);
+        let (_, old) = std::mem::replace(&mut self.ingest, ingest);
+        match tokio::time::timeout(Duration::from_secs(60), old).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("ingest did not stop cleanly: {other:?}"),
+        }
+        self.ingest_url = url;
+        self.wait_until_ingest_answers().await;
+    }
+
     /// Fails the test if a service stopped on its own (its error is in the log).
     pub fn assert_running(&self) {
+        assert!(
+            !self.ingest.1.is_finished(),
+            "ingest stopped unexpectedly; rerun with TEST_LOG=info to see why"
+        );
         for (name, task) in &self.tasks {
             assert!(
                 !task.is_finished(),
@@ -268,7 +297,10 @@ impl Pipeline {
     /// Stops every service, reports any that failed, and drops the test database.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        for (name, task) in self.tasks {
+        self.ingest.0.cancel();
+        let mut tasks = self.tasks;
+        tasks.push(("ingest", self.ingest.1));
+        for (name, task) in tasks {
             match tokio::time::timeout(Duration::from_secs(30), task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => panic!("{name} failed: {e}"),
@@ -278,6 +310,50 @@ impl Pipeline {
         }
         self.clickhouse.drop_database().await;
     }
+}
+
+/// Starts ingest on a free port; returns its URL, and its own shutdown token and task.
+fn start_ingest(
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    log: &LogArgs,
+    options: &IngestOptions,
+) -> (String, (CancellationToken, Task)) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = ingest::Config {
+        listen: url.clone(),
+        tokens: format!("{TENANT}={TOKEN}").parse().unwrap(),
+        http: ingest::config::HttpArgs {
+            max_body_bytes: 512 * 1024,
+            produce_timeout_ms: options.produce_timeout_ms,
+            retry_after_s: 1,
+            max_json_depth: 64,
+            body_timeout_ms: 10_000,
+            max_in_flight: options.max_in_flight,
+        },
+        access: ingest::config::AccessArgs {
+            record_rejections_per_s: 20,
+            ..ingest::config::AccessArgs::default()
+        },
+        spool: ingest::config::SpoolArgs {
+            spool_dir: options.spool_dir.clone(),
+            spool_max_bytes: 1 << 30,
+            sink: "kafka".into(),
+        },
+        kafka: kafka.clone(),
+        topics: topics.clone(),
+        log: log.clone(),
+    };
+    config.validate().unwrap();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let task = tokio::spawn(async move {
+        ingest::run(config, listener, stop)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    (url, (token, task))
 }
 
 /// A ClickHouse database queried over HTTP, as an analyst's client would.
@@ -361,6 +437,19 @@ pub fn fixture_names() -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Stops (`down`) or starts (`up`) the development Kafka broker, for outage tests.
+pub fn kafka_broker(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-services");
+    let status = std::process::Command::new(script)
+        .args([action, "kafka"])
+        .status()
+        .expect("running scripts/dev-services");
+    assert!(
+        status.success(),
+        "scripts/dev-services {action} kafka failed"
+    );
 }
 
 /// A payload from the shared NectarDesk samples (`../shared/nectardesk/samples`).

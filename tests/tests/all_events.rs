@@ -111,6 +111,7 @@ async fn every_event_lands_in_its_tables() {
     assert_eq!(
         letters,
         [
+            json!({"stage": "ingest", "reason": "400 bad_json: body is not valid JSON: EOF while parsing a value at line 1 column 9", "tenant": "acme", "event": "call-ended"}),
             json!({"stage": "transform", "reason": "body is a JSON array, expected an object", "tenant": "acme", "event": "call-ended"}),
             json!({"stage": "transform", "reason": "call event has no usable integer id", "tenant": "acme", "event": "call-ended"}),
         ]
