@@ -44,8 +44,12 @@ impl KafkaPublisher {
         topic: &str,
         produce_timeout: Duration,
     ) -> Result<KafkaPublisher, KafkaError> {
+        let mut config = kafka.reliable_config(produce_timeout);
+        // Every request waits for its acknowledgement: do not hold records back to batch
+        // them (concurrent requests still share batches).
+        config.set("linger.ms", "0");
         Ok(KafkaPublisher {
-            producer: kafka.reliable_producer(produce_timeout)?,
+            producer: config.create()?,
             topic: topic.to_owned(),
         })
     }

@@ -79,7 +79,9 @@ impl Spool {
         let path = dir.join("spool.redb");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let db = loop {
-            match Database::create(&path) {
+            // A small page cache: the spool is written once and read once; its memory
+            // belongs to the request path.
+            match redb::Builder::new().set_cache_size(16 << 20).create(&path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if std::time::Instant::now() < deadline =>

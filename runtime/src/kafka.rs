@@ -108,6 +108,10 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // A member that vanished (crash, broker restart) is replaced in 10 s rather
+            // than the default 45 s.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "3000")
             .create()
     }
 
@@ -118,7 +122,13 @@ impl KafkaArgs {
         &self,
         delivery_timeout: Duration,
     ) -> Result<FutureProducer, KafkaError> {
-        self.client_config()
+        self.reliable_config(delivery_timeout).create()
+    }
+
+    /// The settings of [`KafkaArgs::reliable_producer`], to adjust before creating it.
+    pub fn reliable_config(&self, delivery_timeout: Duration) -> ClientConfig {
+        let mut config = self.client_config();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set(
@@ -126,8 +136,8 @@ impl KafkaArgs {
                 delivery_timeout.as_millis().to_string(),
             )
             .set("linger.ms", "5")
-            .set("compression.type", "lz4")
-            .create()
+            .set("compression.type", "lz4");
+        config
     }
 
     /// Creates each topic that does not exist yet; existing topics are left as they are.
