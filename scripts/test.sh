@@ -41,6 +41,11 @@ set -a
 . "$ROOT/.dev-services.env"
 set +a
 
+log "shell scripts parse"
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest .ci/run; do
+    bash -n "$script"
+done
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
