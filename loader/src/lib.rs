@@ -34,9 +34,6 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
 }
 
-/// Pause after a consumer error (typically: broker unreachable).
-const CONSUMER_ERROR_PAUSE: Duration = Duration::from_secs(1);
-
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -107,6 +104,7 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     async fn consume(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let mut errors = runtime::throttle::Throttle::new(Duration::from_secs(10));
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -115,10 +113,10 @@ impl Loader<'_> {
                 message = self.consumer.recv() => match message {
                     Ok(message) => self.add(&message).await?,
                     Err(e) => {
-                        // Usually the broker is unreachable; librdkafka reconnects by
-                        // itself, so wait a little instead of logging in a tight loop.
-                        tracing::warn!(error = %e, "Kafka consumer error");
-                        tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                        // Usually the broker is unreachable; librdkafka reconnects by itself.
+                        if let Some(held_back) = errors.admit(Instant::now()) {
+                            tracing::warn!(error = %e, held_back, "Kafka consumer error");
+                        }
                     }
                 },
                 _ = tick.tick() => {}

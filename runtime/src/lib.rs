@@ -4,6 +4,7 @@
 pub mod kafka;
 pub mod logging;
 pub mod shutdown;
+pub mod throttle;
 
 pub use kafka::{KafkaArgs, TopicArgs};
 

@@ -123,6 +123,7 @@ async fn consume(
     producer: &FutureProducer,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
+    let mut errors = runtime::throttle::Throttle::new(Duration::from_secs(10));
     loop {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -131,10 +132,10 @@ async fn consume(
         let mut batch = match first {
             Ok(message) => vec![message],
             Err(e) => {
-                // Usually the broker is unreachable; librdkafka reconnects by itself, so
-                // wait a little instead of logging in a tight loop.
-                tracing::warn!(error = %e, "Kafka consumer error");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Usually the broker is unreachable; librdkafka reconnects by itself.
+                if let Some(held_back) = errors.admit(std::time::Instant::now()) {
+                    tracing::warn!(error = %e, held_back, "Kafka consumer error");
+                }
                 continue;
             }
         };
