@@ -120,6 +120,7 @@ pub async fn run(
         publisher,
         shutdown: shutdown.clone(),
     };
+    tracing::info!(tenants = ?config.tokens.tenants(), sink = %config.spool.sink, spool = ?config.spool.spool_dir, "Ingest configured");
     serve(state, listener).await?;
     draining.cancel();
     if let Some(kafka) = kafka_publisher {

@@ -85,11 +85,6 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
         }
     }
 
-    /// The newest schema, used for writing.
-    pub fn schema(&self) -> &Schema {
-        &self.current
-    }
-
     /// Encodes `record` with the newest schema.
     pub fn encode(&self, record: &T) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::with_capacity(256);
