@@ -1,7 +1,9 @@
-//! Batching: rows accumulate until a row count, a byte size or an age is reached. The
-//! flush decision is a pure function of the batch and `now`.
+//! Batching: one batch per Kafka partition, so that every insert covers one contiguous
+//! offset range of one partition (a *block* that can be cut again the same way after a
+//! restart). Rows accumulate until a row count, a byte size or an age is reached, or,
+//! when a block is being redone, until its recorded end. The flush decision is a pure
+//! function of the batch and `now`.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use schemas::{DeadLetter, NormalizedEvent};
@@ -22,6 +24,8 @@ pub enum FlushReason {
     Rows,
     Bytes,
     Age,
+    /// The batch reached the end of a block recorded before a restart.
+    Block,
     Shutdown,
 }
 
@@ -31,15 +35,21 @@ impl FlushReason {
             FlushReason::Rows => "rows",
             FlushReason::Bytes => "bytes",
             FlushReason::Age => "age",
+            FlushReason::Block => "block",
             FlushReason::Shutdown => "shutdown",
         }
     }
 }
 
 impl FlushPolicy {
-    /// Whether `batch` must be written at `now`, and why.
+    /// Whether `batch` must be written at `now`, and why. A batch redoing a recorded
+    /// block is written exactly when it reaches that block's last offset, whatever its
+    /// size or age, so that the insert is the same as before.
     pub fn due(&self, batch: &Batch, now: Instant) -> Option<FlushReason> {
         let started = batch.started?;
+        if let Some(planned) = batch.planned_last {
+            return (batch.last_offset >= planned).then_some(FlushReason::Block);
+        }
         if batch.events >= self.max_rows {
             Some(FlushReason::Rows)
         } else if batch.bytes >= self.max_bytes {
@@ -52,12 +62,17 @@ impl FlushPolicy {
     }
 }
 
-/// Rows waiting to be written, and the Kafka offsets they cover.
+/// Rows of one partition waiting to be written, and the offsets they cover.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub tables: Tables,
-    /// Highest offset seen per (topic, partition), stored once the batch is written.
-    pub offsets: BTreeMap<(String, i32), i64>,
+    /// First and last offset read into the batch (meaningful once `started` is set).
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// The last offset of the block this batch redoes, when one was recorded before.
+    pub planned_last: Option<i64>,
+    /// Event id and offset of each event, to name the record of a row ClickHouse rejects.
+    pub sources: Vec<(String, i64)>,
     /// Messages in the batch.
     pub events: usize,
     pub bytes: usize,
@@ -66,47 +81,41 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Adds the rows of a normalized event read at `topic`/`partition`/`offset`.
-    pub fn add_event(
-        &mut self,
-        event: NormalizedEvent,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        now: Instant,
-    ) {
+    /// Adds the rows of a normalized event read at `offset`.
+    pub fn add_event(&mut self, event: NormalizedEvent, offset: i64, now: Instant) {
+        self.sources.push((event.event_id.clone(), offset));
         let bytes = self.tables.add_event(event);
-        self.count(bytes, topic, partition, offset, now);
+        self.count(bytes, offset, now);
     }
 
-    /// Adds a dead letter read at `topic`/`partition`/`offset`.
-    pub fn add_dead_letter(
-        &mut self,
-        letter: DeadLetter,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        now: Instant,
-    ) {
+    /// Adds a dead letter read at `offset`.
+    pub fn add_dead_letter(&mut self, letter: DeadLetter, offset: i64, now: Instant) {
         let bytes = self.tables.add_dead_letter(letter);
-        self.count(bytes, topic, partition, offset, now);
+        self.count(bytes, offset, now);
     }
 
     /// Counts a message that adds no rows (it was dead-lettered), so its offset is
     /// stored with the batch.
-    pub fn skip(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) {
-        self.count(0, topic, partition, offset, now);
+    pub fn skip(&mut self, offset: i64, now: Instant) {
+        self.count(0, offset, now);
     }
 
-    fn count(&mut self, bytes: usize, topic: &str, partition: i32, offset: i64, now: Instant) {
-        self.started.get_or_insert(now);
+    fn count(&mut self, bytes: usize, offset: i64, now: Instant) {
+        if self.started.is_none() {
+            self.started = Some(now);
+            self.first_offset = offset;
+        }
         self.events += 1;
         self.bytes += bytes;
-        let stored = self
-            .offsets
-            .entry((topic.to_owned(), partition))
-            .or_insert(offset);
-        *stored = (*stored).max(offset);
+        self.last_offset = self.last_offset.max(offset);
+    }
+
+    /// The offset an event was read at.
+    pub fn offset_of(&self, event_id: &str) -> Option<i64> {
+        self.sources
+            .iter()
+            .find(|(id, _)| id == event_id)
+            .map(|&(_, offset)| offset)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,10 +167,10 @@ mod tests {
         let t0 = Instant::now();
         let mut batch = Batch::default();
         for offset in 0..2 {
-            batch.add_event(event(1), "n", 0, offset, t0);
+            batch.add_event(event(1), offset, t0);
         }
         assert_eq!(POLICY.due(&batch, t0), None);
-        batch.add_event(event(1), "n", 0, 2, t0);
+        batch.add_event(event(1), 2, t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Rows));
     }
 
@@ -169,7 +178,7 @@ mod tests {
     fn flushes_when_the_byte_size_is_reached() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(20_000), "n", 0, 0, t0);
+        batch.add_event(event(20_000), 0, t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Bytes));
     }
 
@@ -177,8 +186,8 @@ mod tests {
     fn flushes_when_the_first_row_is_old_enough() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(1), "n", 0, 0, t0);
-        batch.add_event(event(1), "n", 0, 1, t0 + Duration::from_millis(400));
+        batch.add_event(event(1), 0, t0);
+        batch.add_event(event(1), 1, t0 + Duration::from_millis(400));
         assert_eq!(POLICY.due(&batch, t0 + Duration::from_millis(499)), None);
         assert_eq!(
             POLICY.due(&batch, t0 + Duration::from_millis(500)),
@@ -187,14 +196,31 @@ mod tests {
     }
 
     #[test]
-    fn keeps_the_highest_offset_per_partition_and_counts_dead_letters() {
+    fn covers_one_offset_range_and_counts_dead_letters() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(1), "n", 0, 5, t0);
-        batch.skip("n", 0, 6, t0);
-        batch.add_event(event(1), "n", 1, 2, t0);
-        assert_eq!(batch.offsets[&("n".to_owned(), 0)], 6);
-        assert_eq!(batch.offsets[&("n".to_owned(), 1)], 2);
+        batch.add_event(event(1), 5, t0);
+        batch.skip(6, t0);
+        batch.add_event(event(1), 7, t0);
+        assert_eq!((batch.first_offset, batch.last_offset), (5, 7));
         assert_eq!((batch.events, batch.tables.raw.len()), (3, 2));
+        assert_eq!(batch.offset_of("e"), Some(5));
+        assert_eq!(batch.offset_of("other"), None);
+    }
+
+    #[test]
+    fn a_redone_block_is_written_at_its_recorded_end_and_not_before() {
+        let t0 = Instant::now();
+        let mut batch = Batch {
+            planned_last: Some(12),
+            ..Batch::default()
+        };
+        for offset in 10..12 {
+            batch.add_event(event(20_000), offset, t0);
+        }
+        // Over every limit, but the block before the restart went up to 12.
+        assert_eq!(POLICY.due(&batch, t0 + Duration::from_secs(60)), None);
+        batch.add_event(event(1), 12, t0);
+        assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Block));
     }
 }

@@ -22,6 +22,11 @@ pub struct Config {
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub batch: BatchArgs,
+    /// Whether each insert's offset range is recorded in `loader_blocks` before it is
+    /// written, so that after a crash the same blocks are inserted again (which servers
+    /// with insert deduplication tokens then drop): `auto` records them on those servers.
+    #[arg(long, env = "LOADER_BLOCK_LOG", default_value = "auto")]
+    pub block_log: Switch,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -67,30 +72,45 @@ pub struct ClickHouseArgs {
         env = "CLICKHOUSE_VALIDATION",
         default_value = "auto"
     )]
-    pub validation: Validation,
+    pub validation: Switch,
 }
 
-/// Row validation by the ClickHouse client.
+/// A feature that is on, off, or chosen from what the server supports.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validation {
+pub enum Switch {
     Auto,
     On,
     Off,
 }
 
-impl Validation {
-    /// Whether to validate against a server that reports `version` (e.g. `18.16.1`).
-    pub fn enabled_for(self, version: &str) -> bool {
+impl Switch {
+    /// Whether the feature is on, given whether the server supports it.
+    pub fn resolve(self, supported: bool) -> bool {
         match self {
-            Validation::On => true,
-            Validation::Off => false,
-            Validation::Auto => version
-                .split('.')
-                .next()
-                .and_then(|major| major.trim().parse::<u32>().ok())
-                .is_some_and(|major| major >= 24),
+            Switch::On => true,
+            Switch::Off => false,
+            Switch::Auto => supported,
         }
     }
+}
+
+/// The `(major, minor)` of a ClickHouse version string such as `18.16.1` or `24.8.4.13`.
+pub fn server_version(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Whether the client can check rows against the table schema (`RowBinaryWithNamesAndTypes`,
+/// ClickHouse 24 and later).
+pub fn supports_validation(version: &str) -> bool {
+    server_version(version).is_some_and(|v| v >= (24, 1))
+}
+
+/// Whether inserts into a plain MergeTree can be deduplicated by
+/// `insert_deduplication_token` (ClickHouse 22.2 and later, with the table setting
+/// `non_replicated_deduplication_window`).
+pub fn supports_dedup_token(version: &str) -> bool {
+    server_version(version).is_some_and(|v| v >= (22, 2))
 }
 
 /// When a batch is written to ClickHouse.
@@ -188,18 +208,30 @@ mod tests {
             database: database.into(),
             user: "default".into(),
             password: String::new(),
-            validation: Validation::Auto,
+            validation: Switch::Auto,
         }
     }
 
     #[test]
-    fn validation_is_automatic_only_on_current_servers() {
-        assert!(!Validation::Auto.enabled_for("18.16.1"));
-        assert!(Validation::Auto.enabled_for("24.8.4.13"));
-        assert!(Validation::Auto.enabled_for("25.3.1"));
-        assert!(!Validation::Auto.enabled_for("garbage"));
-        assert!(Validation::On.enabled_for("18.16.1"));
-        assert!(!Validation::Off.enabled_for("25.3.1"));
+    fn server_features_follow_the_version() {
+        assert!(!supports_validation("18.16.1"));
+        assert!(supports_validation("24.8.4.13"));
+        assert!(supports_validation("25.3.1"));
+        assert!(!supports_validation("garbage"));
+        assert!(!supports_dedup_token("18.16.1"));
+        assert!(!supports_dedup_token("22.1.3"));
+        assert!(supports_dedup_token("22.2.1"));
+        assert!(supports_dedup_token("24.8.4.13"));
+        assert_eq!(server_version("18.16.1"), Some((18, 16)));
+        assert_eq!(server_version("24"), None);
+    }
+
+    #[test]
+    fn a_switch_follows_the_server_only_on_auto() {
+        assert!(Switch::Auto.resolve(true));
+        assert!(!Switch::Auto.resolve(false));
+        assert!(Switch::On.resolve(false));
+        assert!(!Switch::Off.resolve(true));
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! `loader`: consumes normalized records (`webhooks.normalized`) and dead letters
 //! (`webhooks.dlq`) and writes them to ClickHouse in batches.
 //!
-//! At least once, with an idempotent effect: a batch's offsets are stored only after
-//! ClickHouse accepted all of its rows, and a batch written twice (after a crash or a
-//! rebalance) is collapsed by event id in the views analysts query. The loader creates
-//! the database and applies pending migrations at start.
+//! At least once, with an exactly-once effect for readers: a batch covers one offset
+//! range of one partition, its offset is stored only after ClickHouse accepted its rows,
+//! and a batch written twice (after a crash or a rebalance) is collapsed by event id in
+//! the views analysts query. Servers with insert deduplication tokens (22.2+) also drop
+//! the repeated insert itself: each block's range is recorded in `loader_blocks` before
+//! it is written, and cut the same way after a restart. Rows ClickHouse refuses for
+//! their values are isolated and dead-lettered; the rest of the batch goes in. The
+//! loader creates the database and applies pending migrations at start.
 
 pub mod batch;
 pub mod config;
 pub mod rows;
 pub mod sink;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -23,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use batch::{Batch, FlushPolicy, FlushReason};
 pub use config::Config;
-use sink::{Sink, SinkError};
+use sink::{Rejected, Sink, SinkError};
 
 /// Why the loader stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +67,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         consumer: &consumer,
         dlq,
         policy: config.batch.policy(),
-        batch: Batch::default(),
+        batches: BTreeMap::new(),
     };
     let result = loader.consume(&shutdown).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -78,7 +83,7 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let mut attempt = 0;
     loop {
-        match Sink::connect(&config.clickhouse).await {
+        match Sink::connect(&config.clickhouse, config.block_log).await {
             Ok(sink) => return Ok(Some(sink)),
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 attempt += 1;
@@ -99,7 +104,8 @@ struct Loader<'a> {
     consumer: &'a StreamConsumer,
     dlq: FutureProducer,
     policy: FlushPolicy,
-    batch: Batch,
+    /// One pending batch per (topic, partition).
+    batches: BTreeMap<(String, i32), Batch>,
 }
 
 impl Loader<'_> {
@@ -121,26 +127,33 @@ impl Loader<'_> {
                 },
                 _ = tick.tick() => {}
             }
-            if let Some(reason) = self.policy.due(&self.batch, Instant::now()) {
-                self.flush(reason, shutdown).await?;
+            let now = Instant::now();
+            let due: Vec<_> = self
+                .batches
+                .iter()
+                .filter_map(|(key, batch)| Some((key.clone(), self.policy.due(batch, now)?)))
+                .collect();
+            for (key, reason) in due {
+                self.flush(&key, reason, shutdown).await?;
             }
         }
-        if !self.batch.is_empty() {
-            // One bounded attempt set on the way out; what is not written is redone by
-            // the next start, since its offsets were never stored.
-            let grace = CancellationToken::new();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.flush(FlushReason::Shutdown, &grace),
-            )
-            .await;
-        }
+        // One bounded attempt set on the way out; what is not written is redone by the
+        // next start, since its offsets were never stored.
+        let grace = CancellationToken::new();
+        let keys: Vec<_> = self.batches.keys().cloned().collect();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            for key in keys {
+                self.flush(&key, FlushReason::Shutdown, &grace).await?;
+            }
+            Ok::<_, RunError>(())
+        })
+        .await;
         Ok(())
     }
 
-    /// Adds a message to the batch. An undecodable normalized record is dead-lettered
-    /// instead; an undecodable dead letter is kept in `dead_letters` as it was read (a
-    /// second dead-lettering would only loop).
+    /// Adds a message to its partition's batch. An undecodable normalized record is
+    /// dead-lettered instead; an undecodable dead letter is kept in `dead_letters` as it
+    /// was read (a second dead-lettering would only loop).
     async fn add(&mut self, message: &BorrowedMessage<'_>) -> Result<(), RunError> {
         let payload = message.payload().unwrap_or_default();
         let (topic, partition, offset, now) = (
@@ -149,23 +162,69 @@ impl Loader<'_> {
             message.offset(),
             Instant::now(),
         );
+        let key = (topic.to_owned(), partition);
+        if self.batches.get(&key).is_none_or(Batch::is_empty) {
+            let planned_last = self.planned_last(topic, partition, offset).await;
+            self.batches.insert(
+                key.clone(),
+                Batch {
+                    planned_last,
+                    ..Batch::default()
+                },
+            );
+        }
         if topic == self.config.topics.dlq_topic {
             let letter = avro::dead_letter()
                 .decode(payload)
                 .unwrap_or_else(|e| letter(message, format!("undecodable dead letter: {e}")));
-            self.batch
-                .add_dead_letter(letter, topic, partition, offset, now);
+            self.batch(&key).add_dead_letter(letter, offset, now);
             return Ok(());
         }
         match avro::normalized_event().decode(payload) {
-            Ok(event) => self.batch.add_event(event, topic, partition, offset, now),
+            Ok(event) => self.batch(&key).add_event(event, offset, now),
             Err(e) => {
                 self.dead_letter(message, format!("undecodable normalized record: {e}"))
                     .await?;
-                self.batch.skip(topic, partition, offset, now);
+                self.batch(&key).skip(offset, now);
             }
         }
         Ok(())
+    }
+
+    fn batch(&mut self, key: &(String, i32)) -> &mut Batch {
+        self.batches.entry(key.clone()).or_default()
+    }
+
+    /// Where a batch starting at `first_offset` must end to repeat a block recorded
+    /// before a restart. Without an answer the batch is cut as usual: its rows may then
+    /// be stored twice, and the views still show them once.
+    async fn planned_last(&self, topic: &str, partition: i32, first_offset: i64) -> Option<i64> {
+        if !self.sink.block_log {
+            return None;
+        }
+        let group = &self.config.group_id;
+        match self
+            .sink
+            .planned_last(group, topic, partition, first_offset)
+            .await
+        {
+            Ok(planned) => {
+                if let Some(last) = planned {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        first_offset,
+                        last,
+                        "Redoing a recorded block"
+                    );
+                }
+                planned
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, topic, partition, "Recorded blocks not readable; cutting a new block");
+                None
+            }
+        }
     }
 
     async fn dead_letter(
@@ -174,10 +233,14 @@ impl Loader<'_> {
         reason: String,
     ) -> Result<(), RunError> {
         tracing::warn!(%reason, partition = message.partition(), offset = message.offset(), "Dead-lettering a record");
+        self.send_dead_letter(message.key().unwrap_or_default(), &letter(message, reason))
+            .await
+    }
+
+    async fn send_dead_letter(&self, key: &[u8], letter: &DeadLetter) -> Result<(), RunError> {
         let payload = avro::dead_letter()
-            .encode(&letter(message, reason))
+            .encode(letter)
             .expect("a dead letter has only strings, numbers and bytes, which always encode");
-        let key = message.key().unwrap_or_default();
         let record = FutureRecord::to(&self.config.topics.dlq_topic)
             .key(key)
             .payload(&payload);
@@ -188,51 +251,120 @@ impl Loader<'_> {
         Ok(())
     }
 
-    /// Writes the batch, retrying with backoff until ClickHouse accepts it or `shutdown`
-    /// is cancelled, then stores its offsets.
+    /// Writes one partition's batch, retrying with backoff until ClickHouse accepts it or
+    /// `shutdown` is cancelled; sends the rows it refused for their values to the DLQ;
+    /// then stores the offset after the batch.
     async fn flush(
         &mut self,
+        key: &(String, i32),
         reason: FlushReason,
         shutdown: &CancellationToken,
     ) -> Result<(), RunError> {
+        let Some(batch) = self.batches.get(key).filter(|b| !b.is_empty()) else {
+            return Ok(());
+        };
+        let (topic, partition) = (key.0.as_str(), key.1);
+        let (first, last) = (batch.first_offset, batch.last_offset);
+        let group = &self.config.group_id;
+        let block = format!("{group}:{topic}:{partition}:{first}-{last}");
         let started = Instant::now();
         let mut attempt = 0;
-        while let Err(e) = self.sink.write(&self.batch).await {
+        let rejected = loop {
+            let result = async {
+                if self.sink.block_log && batch.planned_last != Some(last) {
+                    self.sink
+                        .record_block(group, topic, partition, first, last)
+                        .await?;
+                }
+                self.sink.write(batch, &block).await
+            }
+            .await;
+            let e = match result {
+                Ok(rejected) => break rejected,
+                Err(e) => e,
+            };
             attempt += 1;
             if e.is_retryable() {
                 tracing::warn!(error = %e, attempt, "ClickHouse insert failed; retrying");
             } else {
-                // Rows are typed and the schema is ours, so this is a deployment problem
-                // (e.g. a table changed by hand): keep the offsets and retry, loudly.
-                tracing::error!(error = %e, attempt, "ClickHouse rejected the batch; retrying");
+                // Not the values but the statement: a table changed by hand or a
+                // migration missing. Keep the offsets and retry, loudly.
+                tracing::error!(error = %e, attempt, "ClickHouse rejected the insert; retrying");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(backoff(attempt)) => {}
             }
+        };
+        for refused in &rejected {
+            self.set_aside(topic, partition, batch, refused).await?;
         }
-        let batch = std::mem::take(&mut self.batch);
-        self.store_offsets(&batch);
         tracing::debug!(
+            topic,
+            partition,
+            first,
+            last,
             events = batch.events,
-            raw_rows = batch.tables.raw.len(),
+            refused = rejected.len(),
             reason = reason.as_str(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Batch written"
         );
+        self.batches.remove(key);
+        self.store_offset(topic, partition, last);
         Ok(())
     }
 
-    fn store_offsets(&self, batch: &Batch) {
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in &batch.offsets {
-            // The committed offset is the next one to read.
-            if let Err(e) = list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
-            {
-                tracing::warn!(error = %e, topic, partition, "Offset not stored");
-            }
+    /// Sends a row ClickHouse refused to the DLQ (from where it lands in
+    /// `dead_letters`). A refused dead letter is only logged: sending it back would loop.
+    async fn set_aside(
+        &self,
+        topic: &str,
+        partition: i32,
+        batch: &Batch,
+        refused: &Rejected,
+    ) -> Result<(), RunError> {
+        let offset = batch.offset_of(&refused.event_id).unwrap_or(-1);
+        tracing::warn!(
+            table = refused.table,
+            event_id = %refused.event_id,
+            partition,
+            offset,
+            error = %refused.error,
+            "ClickHouse refused a row; dead-lettering it"
+        );
+        if refused.table == "dead_letters_store" {
+            tracing::error!(row = %refused.row, "A dead letter was refused by ClickHouse; it stays only in the DLQ topic");
+            return Ok(());
         }
-        // Fails only for partitions revoked by a rebalance; their new owner redoes the
+        let letter = DeadLetter {
+            stage: "loader".to_owned(),
+            reason: format!(
+                "ClickHouse refused the {} row: {}",
+                refused.table, refused.error
+            ),
+            event_id: refused.event_id.clone(),
+            tenant: refused.tenant.clone(),
+            event: String::new(),
+            source_topic: topic.to_owned(),
+            source_partition: partition,
+            source_offset: offset,
+            key: String::new(),
+            payload: refused.row.clone().into_bytes(),
+            failed_at: runtime::now_ms(),
+        };
+        self.send_dead_letter(refused.event_id.as_bytes(), &letter)
+            .await
+    }
+
+    fn store_offset(&self, topic: &str, partition: i32, last: i64) {
+        let mut list = TopicPartitionList::new();
+        // The committed offset is the next one to read.
+        if let Err(e) = list.add_partition_offset(topic, partition, Offset::Offset(last + 1)) {
+            tracing::warn!(error = %e, topic, partition, "Offset not stored");
+            return;
+        }
+        // Fails only for a partition revoked by a rebalance; its new owner redoes the
         // records, and the views collapse the duplicates.
         if let Err(e) = self.consumer.store_offsets(&list) {
             tracing::warn!(error = %e, "Offsets not stored");

@@ -144,6 +144,34 @@ pub struct DeadLetterRow {
     pub failed_at_ms: u64,
 }
 
+/// The event a row belongs to, to name the row when the server refuses it.
+pub trait Keyed {
+    fn event_id(&self) -> &str;
+    fn tenant(&self) -> &str;
+}
+
+macro_rules! keyed {
+    ($($row:ty),*) => {$(
+        impl Keyed for $row {
+            fn event_id(&self) -> &str {
+                &self.event_id
+            }
+            fn tenant(&self) -> &str {
+                &self.tenant
+            }
+        }
+    )*};
+}
+
+keyed!(
+    RawEventRow,
+    CallEventRow,
+    ContactEventRow,
+    ContactListEventRow,
+    MessageEventRow,
+    DeadLetterRow
+);
+
 /// Rows waiting to be written, one list per storage table.
 #[derive(Debug, Default)]
 pub struct Tables {

@@ -7,7 +7,8 @@ use clickhouse::Client;
 use schemas::migrations::{Migration, MIGRATIONS};
 
 use crate::batch::Batch;
-use crate::config::ClickHouseArgs;
+use crate::config::{supports_dedup_token, supports_validation, ClickHouseArgs, Switch};
+use crate::rows::Keyed;
 
 /// Why a ClickHouse operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,43 +27,65 @@ impl SinkError {
         move |source| SinkError::ClickHouse { op, source }
     }
 
+    fn server_code(&self) -> Option<u32> {
+        match self {
+            SinkError::ClickHouse {
+                source: clickhouse::error::Error::BadResponse(body),
+                ..
+            } => error_code(body),
+            _ => None,
+        }
+    }
+
     /// Whether trying again later may succeed (network, overload, timeouts), as opposed
     /// to the server rejecting the data or the statement itself.
     pub fn is_retryable(&self) -> bool {
         let SinkError::ClickHouse { source, .. } = self;
         match source {
             clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => true,
-            clickhouse::error::Error::BadResponse(body) => !is_permanent_server_error(body),
+            clickhouse::error::Error::BadResponse(_) => !self
+                .server_code()
+                .is_some_and(|code| BAD_DATA_CODES.contains(&code) || SCHEMA_CODES.contains(&code)),
             _ => false,
         }
     }
+
+    /// Whether the server refused some of the rows for their values: the other rows of
+    /// the insert can go in without them.
+    pub fn is_bad_data(&self) -> bool {
+        self.server_code()
+            .is_some_and(|code| BAD_DATA_CODES.contains(&code))
+    }
 }
 
-/// ClickHouse error codes that a retry cannot fix: the data or statement is wrong.
-/// 18.16 sends no error-code header, so the code is read from the body (`Code: N.`).
-const PERMANENT_CODES: &[u32] = &[
+/// ClickHouse error codes for values the server refuses: retrying cannot help, and the
+/// rows at fault are set aside.
+const BAD_DATA_CODES: &[u32] = &[
     6,   // CANNOT_PARSE_TEXT
-    16,  // NO_SUCH_COLUMN_IN_TABLE
     27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    33,  // CANNOT_READ_ALL_DATA
     38,  // CANNOT_PARSE_DATE
     41,  // CANNOT_PARSE_DATETIME
-    47,  // UNKNOWN_IDENTIFIER
     53,  // TYPE_MISMATCH
-    60,  // UNKNOWN_TABLE
-    62,  // SYNTAX_ERROR
     69,  // ARGUMENT_OUT_OF_BOUND
     70,  // CANNOT_CONVERT_TYPE
     72,  // CANNOT_PARSE_NUMBER
-    81,  // UNKNOWN_DATABASE
     117, // INCORRECT_DATA
+    395, // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a throwIf check, before constraints)
+    469, // VIOLATED_CONSTRAINT
 ];
 
-fn is_permanent_server_error(body: &str) -> bool {
-    error_code(body).is_some_and(|code| PERMANENT_CODES.contains(&code))
-}
+/// ClickHouse error codes for a statement that does not fit the tables: every row would
+/// fail, so it is a deployment problem to fix, not data to set aside.
+const SCHEMA_CODES: &[u32] = &[
+    16, // NO_SUCH_COLUMN_IN_TABLE
+    33, // CANNOT_READ_ALL_DATA (RowBinary rows of another shape)
+    47, // UNKNOWN_IDENTIFIER
+    60, // UNKNOWN_TABLE
+    62, // SYNTAX_ERROR
+    81, // UNKNOWN_DATABASE
+];
 
-/// The `N` of `Code: N.` in a ClickHouse error body.
+/// The `N` of `Code: N.` in a ClickHouse error body (18.16 sends no error-code header).
 fn error_code(body: &str) -> Option<u32> {
     let rest = &body[body.find("Code: ")? + 6..];
     let end = rest
@@ -71,16 +94,56 @@ fn error_code(body: &str) -> Option<u32> {
     rest[..end].parse().ok()
 }
 
+/// A row the server refused for its values, set aside from an insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub table: &'static str,
+    pub event_id: String,
+    pub tenant: String,
+    /// The row as JSON.
+    pub row: String,
+    pub error: String,
+}
+
+/// The storage tables the loader writes, with their settings for deduplicated inserts.
+const STORE_TABLES: &[&str] = &[
+    "raw_events_store",
+    "call_events_store",
+    "contact_events_store",
+    "contact_list_events_store",
+    "message_events_store",
+    "dead_letters_store",
+];
+
+/// How many recent insert tokens a table remembers, when the server supports tokens.
+const DEDUP_WINDOW: u32 = 10_000;
+
+/// A row of `loader_blocks`.
+#[derive(Debug, Clone, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct BlockRow {
+    consumer_group: String,
+    topic: String,
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+    recorded_at: u32,
+}
+
 /// A ClickHouse database the loader writes to.
 pub struct Sink {
     client: Client,
     database: String,
+    /// Inserts carry `insert_deduplication_token` (ClickHouse 22.2 and later).
+    pub dedup_tokens: bool,
+    /// Every insert's offset range is recorded in `loader_blocks` first.
+    pub block_log: bool,
 }
 
 impl Sink {
-    /// Connects, creates the database and applies pending migrations. Row validation by
-    /// the client is used only where the server supports it (not on ClickHouse < 24).
-    pub async fn connect(args: &ClickHouseArgs) -> Result<Sink, SinkError> {
+    /// Connects, creates the database, applies pending migrations and picks the
+    /// exactly-once mode the server supports, which it logs. Row validation by the
+    /// client is used only where the server supports it (not on ClickHouse < 24).
+    pub async fn connect(args: &ClickHouseArgs, block_log: Switch) -> Result<Sink, SinkError> {
         let base = Client::default()
             .with_url(&args.url)
             .with_user(&args.user)
@@ -91,20 +154,43 @@ impl Sink {
             .fetch_one()
             .await
             .map_err(SinkError::at(format!("connection to {}", args.url)))?;
-        let validation = args.validation.enabled_for(&version);
-        tracing::info!(server = %version, validation, database = %args.database, "Connected to ClickHouse");
+        let validation = args.validation.resolve(supports_validation(&version));
+        let dedup_tokens = supports_dedup_token(&version);
         // Migrations name the database in every statement: the database may not exist yet.
         let sink = Sink {
             client: base,
             database: args.database.clone(),
+            dedup_tokens,
+            block_log: block_log.resolve(dedup_tokens),
         };
         sink.migrate().await?;
+        if dedup_tokens {
+            for table in STORE_TABLES {
+                sink.execute(&format!(
+                    "ALTER TABLE {}.{table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}",
+                    sink.database
+                ))
+                .await?;
+            }
+        }
+        tracing::info!(
+            server = %version,
+            validation,
+            database = %args.database,
+            exactly_once = if dedup_tokens {
+                "insert deduplication tokens per block, and views merged by event id"
+            } else {
+                "views merged by event id (this server has no insert deduplication tokens)"
+            },
+            block_log = sink.block_log,
+            "Connected to ClickHouse"
+        );
         Ok(Sink {
             client: sink
                 .client
                 .with_database(&args.database)
                 .with_validation(validation),
-            database: sink.database,
+            ..sink
         })
     }
 
@@ -164,21 +250,139 @@ impl Sink {
             .map_err(SinkError::at(format!("statement `{head}…`")))
     }
 
-    /// Writes a batch, one insert per storage table. Idempotent: writing the same batch
-    /// again adds rows the views collapse by event id.
-    pub async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
+    /// The last offset of the block recorded as starting at `first_offset`, if any.
+    pub async fn planned_last(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+    ) -> Result<Option<i64>, SinkError> {
+        self.client
+            .query(
+                "SELECT last_offset FROM loader_blocks FINAL \
+                 WHERE consumer_group = ? AND topic = ? AND partition = ? AND first_offset = ? \
+                 LIMIT 1",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(first_offset)
+            .fetch_optional()
+            .await
+            .map_err(SinkError::at("reading loader_blocks"))
+    }
+
+    /// Records that the offsets `first_offset..=last_offset` of a partition are about to
+    /// be inserted as one block.
+    pub async fn record_block(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+        last_offset: i64,
+    ) -> Result<(), SinkError> {
+        let row = BlockRow {
+            consumer_group: group.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+            first_offset,
+            last_offset,
+            recorded_at: u32::try_from(runtime::now_ms() / 1000).unwrap_or(u32::MAX),
+        };
+        insert(
+            &self.client,
+            "loader_blocks",
+            std::slice::from_ref(&row),
+            None,
+        )
+        .await
+    }
+
+    /// Writes a batch, one insert per storage table, each with a deduplication token
+    /// derived from `block` where the server supports tokens. Rows the server refuses
+    /// for their values are found by splitting the insert and returned; the rest is
+    /// written. Idempotent: writing the same batch again adds nothing readers see.
+    pub async fn write(&self, batch: &Batch, block: &str) -> Result<Vec<Rejected>, SinkError> {
         let t = &batch.tables;
-        insert(&self.client, "raw_events_store", &t.raw).await?;
-        insert(&self.client, "call_events_store", &t.calls).await?;
-        insert(&self.client, "contact_events_store", &t.contacts).await?;
-        insert(&self.client, "contact_list_events_store", &t.contact_lists).await?;
-        insert(&self.client, "message_events_store", &t.messages).await?;
-        insert(&self.client, "dead_letters_store", &t.dead_letters).await?;
+        let token = self.dedup_tokens.then_some(block);
+        let mut rejected = Vec::new();
+        self.insert_isolating("raw_events_store", &t.raw, token, &mut rejected)
+            .await?;
+        self.insert_isolating("call_events_store", &t.calls, token, &mut rejected)
+            .await?;
+        self.insert_isolating("contact_events_store", &t.contacts, token, &mut rejected)
+            .await?;
+        self.insert_isolating(
+            "contact_list_events_store",
+            &t.contact_lists,
+            token,
+            &mut rejected,
+        )
+        .await?;
+        self.insert_isolating("message_events_store", &t.messages, token, &mut rejected)
+            .await?;
+        self.insert_isolating("dead_letters_store", &t.dead_letters, token, &mut rejected)
+            .await?;
+        Ok(rejected)
+    }
+
+    /// Inserts `rows`; on a bad-data refusal, splits them in halves until the refused
+    /// rows are alone, and sets those aside in `rejected`. Every sub-insert has its own
+    /// token, a function of the block and the row range, so a redone block repeats them.
+    async fn insert_isolating<T>(
+        &self,
+        table: &'static str,
+        rows: &[T],
+        block_token: Option<&str>,
+        rejected: &mut Vec<Rejected>,
+    ) -> Result<(), SinkError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite + serde::Serialize + Keyed,
+    {
+        let mut pending = vec![(0, rows.len())];
+        while let Some((lo, hi)) = pending.pop() {
+            if lo == hi {
+                continue;
+            }
+            let token = block_token.map(|block| {
+                if (lo, hi) == (0, rows.len()) {
+                    format!("{block}/{table}")
+                } else {
+                    format!("{block}/{table}/{lo}-{hi}")
+                }
+            });
+            match insert(&self.client, table, &rows[lo..hi], token.as_deref()).await {
+                Ok(()) => {}
+                Err(e) if e.is_bad_data() && hi - lo == 1 => {
+                    let row = &rows[lo];
+                    rejected.push(Rejected {
+                        table,
+                        event_id: row.event_id().to_owned(),
+                        tenant: row.tenant().to_owned(),
+                        row: serde_json::to_string(row).unwrap_or_default(),
+                        error: e.to_string(),
+                    });
+                }
+                Err(e) if e.is_bad_data() => {
+                    let mid = lo + (hi - lo) / 2;
+                    pending.push((mid, hi));
+                    pending.push((lo, mid));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 }
 
-async fn insert<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), SinkError>
+async fn insert<T>(
+    client: &Client,
+    table: &str,
+    rows: &[T],
+    token: Option<&str>,
+) -> Result<(), SinkError>
 where
     T: clickhouse::RowOwned + clickhouse::RowWrite,
 {
@@ -190,6 +394,9 @@ where
         .await
         .map_err(SinkError::at(format!("insert into {table}")))?
         .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));
+    if let Some(token) = token {
+        insert = insert.with_setting("insert_deduplication_token", token);
+    }
     for row in rows {
         insert
             .write(row)
@@ -229,7 +436,10 @@ mod tests {
     #[test]
     fn bad_data_is_permanent_and_overload_is_retryable() {
         assert!(!bad_response("Code: 53. DB::Exception: Type mismatch").is_retryable());
+        assert!(bad_response("Code: 53. DB::Exception: Type mismatch").is_bad_data());
+        assert!(bad_response("Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero").is_bad_data());
         assert!(!bad_response("Code: 60. DB::Exception: Table x doesn't exist").is_retryable());
+        assert!(!bad_response("Code: 60. DB::Exception: Table x doesn't exist").is_bad_data());
         assert!(bad_response("Code: 252. DB::Exception: Too many parts").is_retryable());
         assert!(bad_response("Code: 241. DB::Exception: Memory limit exceeded").is_retryable());
         assert!(bad_response("502 Bad Gateway").is_retryable());

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "entities",
         sql: include_str!("../migrations/0002_entities.sql"),
     },
+    Migration {
+        version: 3,
+        name: "loader_blocks",
+        sql: include_str!("../migrations/0003_loader_blocks.sql"),
+    },
 ];
 
 impl Migration {

@@ -6,6 +6,7 @@
 //! dev-services addresses). A service that does not answer fails the test; nothing here
 //! skips.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -110,11 +111,24 @@ pub struct Pipeline {
     pub clickhouse: ClickHouse,
     pub topics: TopicArgs,
     pub kafka: KafkaArgs,
+    /// Settings for the next `transform` started with [`Pipeline::start_transform`].
+    pub transform_config: transform_service::Config,
+    /// Settings for the next `loader` started with [`Pipeline::start_loader`].
+    pub loader_config: loader::Config,
     shutdown: CancellationToken,
     ingest: (CancellationToken, Task),
     ingest_options: IngestOptions,
     log: LogArgs,
-    tasks: Vec<(&'static str, Task)>,
+    instances: Vec<Instance>,
+    next_id: usize,
+}
+
+/// A running `transform` or `loader`, with its own stop token.
+struct Instance {
+    id: usize,
+    name: &'static str,
+    stop: CancellationToken,
+    task: Task,
 }
 
 impl Pipeline {
@@ -142,59 +156,39 @@ impl Pipeline {
         };
         runtime::logging::init(&log);
         let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
 
         let (ingest_url, ingest) = start_ingest(&kafka, &topics, &log, &ingest_options);
 
-        if stages.transform {
-            let config = transform_service::Config {
-                group_id: format!("{name}-transform"),
-                batch_max_messages: 500,
-                delivery_timeout_ms: 30_000,
-                kafka: kafka.clone(),
-                topics: topics.clone(),
-                log: log.clone(),
-            };
-            config.validate().unwrap();
-            let token = shutdown.clone();
-            tasks.push((
-                "transform",
-                tokio::spawn(async move {
-                    transform_service::run(config, token)
-                        .await
-                        .map_err(|e| e.to_string())
-                }),
-            ));
-        }
-
-        if stages.loader {
-            let config = loader::Config {
-                group_id: format!("{name}-loader"),
-                clickhouse: loader::config::ClickHouseArgs {
-                    url: services.clickhouse_url.clone(),
-                    database: database.clone(),
-                    user: "default".into(),
-                    password: String::new(),
-                    validation: loader::config::Validation::Auto,
-                },
-                batch: loader::config::BatchArgs {
-                    batch_max_rows: 10_000,
-                    batch_max_bytes: 16 << 20,
-                    batch_max_age_ms: 200,
-                },
-                kafka: kafka.clone(),
-                topics: topics.clone(),
-                log: log.clone(),
-            };
-            config.validate().unwrap();
-            let token = shutdown.clone();
-            tasks.push((
-                "loader",
-                tokio::spawn(
-                    async move { loader::run(config, token).await.map_err(|e| e.to_string()) },
-                ),
-            ));
-        }
+        let transform_config = transform_service::Config {
+            group_id: format!("{name}-transform"),
+            batch_max_messages: 500,
+            delivery_timeout_ms: 30_000,
+            kafka: kafka.clone(),
+            topics: topics.clone(),
+            log: log.clone(),
+            command: None,
+        };
+        transform_config.validate().unwrap();
+        let loader_config = loader::Config {
+            group_id: format!("{name}-loader"),
+            clickhouse: loader::config::ClickHouseArgs {
+                url: services.clickhouse_url.clone(),
+                database: database.clone(),
+                user: "default".into(),
+                password: String::new(),
+                validation: loader::config::Switch::Auto,
+            },
+            batch: loader::config::BatchArgs {
+                batch_max_rows: 10_000,
+                batch_max_bytes: 16 << 20,
+                batch_max_age_ms: 200,
+            },
+            block_log: loader::config::Switch::Auto,
+            kafka: kafka.clone(),
+            topics: topics.clone(),
+            log: log.clone(),
+        };
+        loader_config.validate().unwrap();
 
         let pipeline = Pipeline {
             ingest_url,
@@ -205,10 +199,81 @@ impl Pipeline {
             ingest,
             ingest_options,
             log,
-            tasks,
+            transform_config,
+            loader_config,
+            instances: Vec::new(),
+            next_id: 0,
         };
+        let mut pipeline = pipeline;
+        if stages.transform {
+            pipeline.start_transform();
+        }
+        if stages.loader {
+            pipeline.start_loader();
+        }
         pipeline.wait_until_ingest_answers().await;
         pipeline
+    }
+
+    /// Starts one more `transform` (same consumer group); returns its id.
+    pub fn start_transform(&mut self) -> usize {
+        let config = self.transform_config.clone();
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            transform_service::run(config, token)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        self.add_instance("transform", stop, task)
+    }
+
+    /// Starts one more `loader` (same consumer group); returns its id.
+    pub fn start_loader(&mut self) -> usize {
+        let config = self.loader_config.clone();
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        let task =
+            tokio::spawn(
+                async move { loader::run(config, token).await.map_err(|e| e.to_string()) },
+            );
+        self.add_instance("loader", stop, task)
+    }
+
+    fn add_instance(&mut self, name: &'static str, stop: CancellationToken, task: Task) -> usize {
+        self.next_id += 1;
+        self.instances.push(Instance {
+            id: self.next_id,
+            name,
+            stop,
+            task,
+        });
+        self.next_id
+    }
+
+    /// Stops an instance gracefully, as on SIGTERM, and waits for it.
+    pub async fn stop_instance(&mut self, id: usize) {
+        let index = self
+            .instances
+            .iter()
+            .position(|i| i.id == id)
+            .expect("a running instance");
+        let instance = self.instances.remove(index);
+        instance.stop.cancel();
+        finish(instance.name, instance.task).await;
+    }
+
+    /// Kills an instance at whatever it is doing, without its shutdown steps (its Kafka
+    /// clients are dropped, so the broker sees it leave).
+    pub async fn kill_instance(&mut self, id: usize) {
+        let index = self
+            .instances
+            .iter()
+            .position(|i| i.id == id)
+            .expect("a running instance");
+        let instance = self.instances.remove(index);
+        instance.task.abort();
+        let _ = instance.task.await;
     }
 
     /// Waits until ingest says it can accept durably (its topic has leaders, or it has a
@@ -250,10 +315,11 @@ impl Pipeline {
             !self.ingest.1.is_finished(),
             "ingest stopped unexpectedly; rerun with TEST_LOG=info to see why"
         );
-        for (name, task) in &self.tasks {
+        for instance in &self.instances {
             assert!(
-                !task.is_finished(),
-                "{name} stopped unexpectedly; rerun with TEST_LOG=info to see why"
+                !instance.task.is_finished(),
+                "{} stopped unexpectedly; rerun with TEST_LOG=info to see why",
+                instance.name
             );
         }
     }
@@ -298,17 +364,21 @@ impl Pipeline {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.ingest.0.cancel();
-        let mut tasks = self.tasks;
-        tasks.push(("ingest", self.ingest.1));
-        for (name, task) in tasks {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => panic!("{name} failed: {e}"),
-                Ok(Err(e)) => panic!("{name} panicked: {e}"),
-                Err(_) => panic!("{name} did not stop within 30 s"),
-            }
+        for instance in self.instances {
+            finish(instance.name, instance.task).await;
         }
+        finish("ingest", self.ingest.1).await;
         self.clickhouse.drop_database().await;
+    }
+}
+
+/// Waits for a stopping service and fails the test if it failed.
+async fn finish(name: &str, task: Task) {
+    match tokio::time::timeout(Duration::from_secs(30), task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => panic!("{name} failed: {e}"),
+        Ok(Err(e)) => panic!("{name} panicked: {e}"),
+        Err(_) => panic!("{name} did not stop within 30 s"),
     }
 }
 
@@ -396,6 +466,24 @@ impl ClickHouse {
             .collect()
     }
 
+    /// Runs a statement that returns nothing (DDL, INSERT … VALUES).
+    pub async fn execute(&self, sql: &str) -> Result<(), String> {
+        let response = self
+            .http
+            .post(&self.url)
+            .body(sql.replace("{db}", &self.database))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{status}: {text}"))
+        }
+    }
+
     async fn drop_database(&self) {
         let _ = self
             .http
@@ -439,17 +527,84 @@ pub fn fixture_names() -> Vec<String> {
     names
 }
 
-/// Stops (`down`) or starts (`up`) the development Kafka broker, for outage tests.
-pub fn kafka_broker(action: &str) {
+/// Runs `scripts/dev-services <action> <service>` (`up`, `down`, `kill`; `kafka` or
+/// `clickhouse`), for fault tests.
+pub fn dev_services(action: &str, service: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-services");
     let status = std::process::Command::new(script)
-        .args([action, "kafka"])
+        .args([action, service])
         .status()
         .expect("running scripts/dev-services");
     assert!(
         status.success(),
-        "scripts/dev-services {action} kafka failed"
+        "scripts/dev-services {action} {service} failed"
     );
+}
+
+/// One step of a call's ordered history: step 0 is `call-ended`, later steps modify the
+/// disposition to `STEP_<n>`; `duration` carries the step so the order can be read back.
+pub fn call_step(call: i64, step: i64) -> (String, String) {
+    let event = if step == 0 {
+        "call-ended"
+    } else {
+        "call-disposition-modified"
+    };
+    let body = serde_json::json!({"id": call, "type": "inbound", "duration": step,
+                                  "disposition": {"code": format!("STEP_{step}")}});
+    (event.to_owned(), body.to_string())
+}
+
+/// Per call id, the steps (see [`call_step`]) in the order of their first appearance in
+/// the pipeline's normalized topic, read until `total` distinct events were seen.
+pub async fn first_occurrences(pipeline: &Pipeline, total: usize) -> HashMap<String, Vec<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = &pipeline.topics.normalized_topic;
+    let consumer: BaseConsumer = pipeline
+        .kafka
+        .client_config()
+        .set("group.id", unique("order-check"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut seen = HashMap::<String, Vec<i64>>::new();
+    let mut distinct = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while distinct.len() < total && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let event = schemas::avro::normalized_event()
+            .decode(message.payload().unwrap())
+            .unwrap();
+        let step = event.call.as_ref().and_then(|c| c.duration_s).unwrap();
+        let steps = seen.entry(event.entity_id.clone()).or_default();
+        if distinct.insert(event.event_id) {
+            steps.push(step);
+        }
+    }
+    assert_eq!(distinct.len(), total, "normalized topic holds every event");
+    seen
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(unique(prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A payload from the shared NectarDesk samples (`../shared/nectardesk/samples`).

@@ -1,37 +1,27 @@
-//! Kafka goes away: ingest keeps answering 200 from its fsync'd spool, survives its own
-//! restart, and once the broker is back every accepted event reaches ClickHouse exactly
+//! The broker is killed (SIGKILL): ingest keeps answering 200 from its fsync'd spool,
+//! survives its own restart, and once the broker is back every accepted event reaches ClickHouse exactly
 //! once, each call's events in the order they were accepted.
 //!
 //! This file stops and starts the shared development broker, so it holds one test (test
 //! binaries run one after another).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use schemas::avro;
 use serde_json::json;
-use tests::{kafka_broker, IngestOptions, Pipeline, Stages};
+use tests::{
+    call_step, dev_services, first_occurrences, temp_dir, IngestOptions, Pipeline, Stages,
+};
 
 const CALLS: i64 = 100;
 const STEPS: i64 = 10;
 
 fn body(call: i64, step: i64) -> (String, String) {
-    let event = if step == 0 {
-        "call-ended"
-    } else {
-        "call-disposition-modified"
-    };
-    let body = json!({"id": 7_000_000 + call, "type": "inbound", "duration": step,
-                      "disposition": {"code": format!("STEP_{step}")}});
-    (event.to_owned(), body.to_string())
+    call_step(7_000_000 + call, step)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn accepted_events_survive_a_broker_outage_and_an_ingest_restart() {
-    let spool = tempfile_dir();
+    let spool = temp_dir("spool");
     let mut pipeline = Pipeline::start_with(
         Stages::ALL,
         IngestOptions {
@@ -42,7 +32,7 @@ async fn accepted_events_survive_a_broker_outage_and_an_ingest_restart() {
     )
     .await;
 
-    kafka_broker("down");
+    dev_services("kill", "kafka");
     let started = Instant::now();
     let mut accepted = 0;
     for step in 0..STEPS {
@@ -60,7 +50,7 @@ async fn accepted_events_survive_a_broker_outage_and_an_ingest_restart() {
         "{accepted} deliveries accepted with the broker down in {:?}",
         started.elapsed()
     );
-    kafka_broker("up");
+    dev_services("up", "kafka");
 
     let total = (CALLS * STEPS) as usize;
     let rows = pipeline
@@ -91,57 +81,4 @@ async fn accepted_events_survive_a_broker_outage_and_an_ingest_restart() {
     assert_eq!(first_seen.len() as i64, CALLS);
     pipeline.stop().await;
     let _ = std::fs::remove_dir_all(spool);
-}
-
-/// Per call, the steps in the order of their first appearance in the normalized topic.
-async fn first_occurrences(pipeline: &Pipeline, total: usize) -> HashMap<String, Vec<i64>> {
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config()
-        .set("group.id", tests::unique("order-check"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(
-            Some(&pipeline.topics.normalized_topic),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        assignment
-            .add_partition_offset(
-                &pipeline.topics.normalized_topic,
-                partition.id(),
-                Offset::Beginning,
-            )
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut seen = HashMap::<String, Vec<i64>>::new();
-    let mut distinct = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while distinct.len() < total && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let event = avro::normalized_event()
-            .decode(message.payload().unwrap())
-            .unwrap();
-        let step = event.call.as_ref().and_then(|c| c.duration_s).unwrap();
-        let steps = seen.entry(event.entity_id.clone()).or_default();
-        if distinct.insert(event.event_id) {
-            steps.push(step);
-        }
-    }
-    assert_eq!(distinct.len(), total, "normalized topic holds every event");
-    seen
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(tests::unique("spool"));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -6,6 +6,7 @@
 //! At least once: a message's offset is stored only after everything it produced is
 //! acknowledged by Kafka. Duplicates this may cause are removed downstream by event id.
 
+mod replay;
 mod route;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use runtime::{KafkaArgs, LogArgs, TopicArgs};
 use tokio_util::sync::CancellationToken;
 
+pub use replay::{replay, BadPoint, Point, ReplayArgs, Report};
 pub use route::{route, Output};
 
 /// Settings of the `transform` binary.
@@ -47,6 +49,17 @@ pub struct Config {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running the service.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Normalize webhooks.raw again (all of it or from a point in time) into
+    /// webhooks.normalized, e.g. after a normalization fix; the running loader replaces
+    /// the rows in place, without duplicates. Prints what it did.
+    Replay(ReplayArgs),
 }
 
 /// A configuration mistake, reported at start.
@@ -60,6 +73,8 @@ pub enum ConfigError {
     BadDeliveryTimeout(u64),
     #[error(transparent)]
     Kafka(#[from] runtime::kafka::KafkaConfigError),
+    #[error(transparent)]
+    Replay(#[from] BadPoint),
 }
 
 impl Config {
@@ -75,6 +90,9 @@ impl Config {
         }
         self.kafka.validate()?;
         self.topics.validate()?;
+        if let Some(Command::Replay(args)) = &self.command {
+            args.points()?;
+        }
         Ok(())
     }
 }
@@ -162,22 +180,9 @@ async fn consume(
                 deliveries.push((output.topic.clone(), enqueue(producer, &output).await?));
             }
         }
-        for (topic, delivery) in deliveries {
-            let acked = tokio::select! {
-                // Offsets of this batch are not stored: the next start redoes it.
-                _ = shutdown.cancelled() => return Ok(()),
-                acked = delivery => acked,
-            };
-            match acked {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => return Err(RunError::Delivery { topic, error }),
-                Err(_canceled) => {
-                    return Err(RunError::Delivery {
-                        topic,
-                        error: KafkaError::Canceled,
-                    })
-                }
-            }
+        if !await_deliveries(deliveries, shutdown).await? {
+            // Offsets of this batch are not stored: the next start redoes it.
+            return Ok(());
         }
         for message in &batch {
             // Fails only for a partition this instance no longer owns after a rebalance;
@@ -187,6 +192,30 @@ async fn consume(
             }
         }
     }
+}
+
+/// Waits until Kafka acknowledged every delivery; `false` if `shutdown` came first.
+async fn await_deliveries(
+    deliveries: Vec<(String, rdkafka::producer::DeliveryFuture)>,
+    shutdown: &CancellationToken,
+) -> Result<bool, RunError> {
+    for (topic, delivery) in deliveries {
+        let acked = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            acked = delivery => acked,
+        };
+        match acked {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(RunError::Delivery { topic, error }),
+            Err(_canceled) => {
+                return Err(RunError::Delivery {
+                    topic,
+                    error: KafkaError::Canceled,
+                })
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Hands a record to the producer, waiting while its local queue is full; the returned

@@ -1,5 +1,6 @@
 use anyhow::Context;
 use clap::Parser;
+use transform_service::Command;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -7,6 +8,20 @@ async fn main() -> anyhow::Result<()> {
     runtime::logging::init(&config.log);
     config.validate().context("invalid configuration")?;
     let shutdown = runtime::shutdown::on_signal();
-    transform_service::run(config, shutdown).await?;
+    match &config.command {
+        None => transform_service::run(config, shutdown).await?,
+        Some(Command::Replay(args)) => {
+            let report = transform_service::replay(&config, args, &shutdown).await?;
+            println!(
+                "replayed {} raw records from {} partitions of {}: {} normalized, {} dead-lettered{}",
+                report.read,
+                report.partitions,
+                config.topics.raw_topic,
+                report.normalized,
+                report.dead_lettered,
+                if shutdown.is_cancelled() { " (interrupted)" } else { "" }
+            );
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,111 @@
+//! The loader is killed at random moments while events flow and started again each
+//! time. Every event is in ClickHouse exactly once, and with the block log on, the
+//! blocks redone after each crash are cut exactly as recorded before it (so a server
+//! with insert deduplication tokens drops the repeated inserts).
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::{call_step, Pipeline, Stages};
+
+const CALLS: i64 = 40;
+const STEPS: i64 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loader_killed_at_random_moments_redoes_the_same_blocks_and_loses_nothing() {
+    let mut pipeline = Pipeline::start(Stages {
+        transform: true,
+        loader: false,
+    })
+    .await;
+    pipeline.loader_config.block_log = loader::config::Switch::On;
+    pipeline.loader_config.batch.batch_max_rows = 25;
+    let mut loader = pipeline.start_loader();
+    let mut kills = 0;
+    for step in 0..STEPS {
+        for call in 0..CALLS {
+            let (event, body) = call_step(6_000_000 + call, step);
+            let (status, answer) = pipeline.post(&event, &body).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+        // Kill it while it loads: once some of this step is in, at a random moment.
+        let some = (CALLS * step + 1) as usize;
+        pipeline
+            .wait_for_rows(
+                "SELECT event_id FROM {db}.raw_events_store",
+                some,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(fastrand_ms(0, 300))).await;
+        pipeline.kill_instance(loader).await;
+        kills += 1;
+        loader = pipeline.start_loader();
+    }
+
+    let total = (CALLS * STEPS) as usize;
+    let rows = pipeline
+        .wait_for_rows(
+            "SELECT event_id FROM {db}.raw_events",
+            total,
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        total,
+        "every accepted event exactly once after {kills} kills"
+    );
+    let merged = pipeline
+        .wait_for_rows(
+            &format!("SELECT disposition_code, events, count() AS n FROM {{db}}.calls WHERE events = {STEPS} GROUP BY disposition_code, events"),
+            1,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        merged,
+        [json!({"disposition_code": format!("STEP_{}", STEPS - 1), "events": STEPS, "n": CALLS})]
+    );
+
+    let stored = pipeline
+        .clickhouse
+        .rows("SELECT count() AS rows, uniqExact(event_id) AS events FROM {db}.raw_events_store")
+        .await
+        .unwrap();
+    eprintln!("raw_events_store after {kills} kills: {stored:?} (background merges may already have collapsed redone rows)");
+
+    // Recorded blocks of a partition never overlap: a redone block starts where the
+    // recorded one did and ends where it ended.
+    let blocks = pipeline
+        .clickhouse
+        .rows(
+            "SELECT topic, partition, first_offset, last_offset FROM {db}.loader_blocks FINAL \
+             ORDER BY topic, partition, first_offset",
+        )
+        .await
+        .unwrap();
+    assert!(blocks.len() >= STEPS as usize, "{blocks:?}");
+    for pair in blocks.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if (&a["topic"], &a["partition"]) == (&b["topic"], &b["partition"]) {
+            assert!(
+                b["first_offset"].as_i64() > a["last_offset"].as_i64(),
+                "overlapping blocks {a} and {b}"
+            );
+        }
+    }
+    pipeline.stop().await;
+}
+
+/// A pseudo-random number of milliseconds in `lo..hi`, different on every run.
+fn fastrand_ms(lo: u64, hi: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    lo + nanos % (hi - lo)
+}
