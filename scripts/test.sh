@@ -42,7 +42,7 @@ set -a
 set +a
 
 log "shell scripts parse"
-for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest .ci/run; do
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/chaos .ci/run; do
     bash -n "$script"
 done
 
@@ -54,6 +54,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test (unit, integration, end to end against $KAFKA_BROKERS and $CLICKHOUSE_URL)"
 cargo test --workspace --locked
+
+log "chaos harness, short run (SIGKILL of each service and the broker, ClickHouse stopped 10 s)"
+scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-s 5
 
 log "SQL, dashboards and analytics on ClickHouse 18.16 and on a current engine (chdb)"
 cargo build --locked -q --bins

@@ -113,6 +113,44 @@ def test_calls_keep_the_newest_non_empty_value_and_the_first_receipt(engine, db)
     assert rows(engine, f"SELECT count() FROM {db}.call_events") == [["2"]]
 
 
+def test_a_replayed_event_replaces_its_row_in_place(engine, db):
+    # transform replay writes an event again with the same event id and receipt time;
+    # the row inserted last must win (separate inserts: separate parts, as in the loader),
+    # also once the parts are merged.
+    apply_all(engine, db)
+    engine.query(
+        f"INSERT INTO {db}.call_events_store ({CALL_COLUMNS}) VALUES "
+        "('e1', 'acme', 'call-ended', 7, 1000, 1000000, 'inbound', NULL, 0, 'OLD', [], [])"
+    )
+    engine.query(
+        f"INSERT INTO {db}.call_events_store ({CALL_COLUMNS}) VALUES "
+        "('e1', 'acme', 'call-ended', 7, 1000, 1000000, 'inbound', NULL, 0, 'FIXED', [], [])"
+    )
+    query = f"SELECT disposition_code, events FROM {db}.calls"
+    assert rows(engine, query) == [["FIXED", "1"]]
+    engine.query(f"OPTIMIZE TABLE {db}.call_events_store FINAL")
+    assert rows(engine, query) == [["FIXED", "1"]]
+
+
+def test_insert_deduplication_tokens_drop_a_repeated_block(engine, db):
+    # What the loader does on servers that have tokens (22.2+): the table setting and a
+    # token per block. A redone block with the same token adds nothing, even when its
+    # rows were cut differently; a block with another token is inserted.
+    if engine.name == "server":
+        pytest.skip("ClickHouse 18.16 has no insert_deduplication_token; the loader detects that and relies on the merged views")
+    apply_all(engine, db)
+    engine.query(f"ALTER TABLE {db}.raw_events_store MODIFY SETTING non_replicated_deduplication_window = 10000")
+    insert = (
+        f"INSERT INTO {db}.raw_events_store (event_id, tenant, event, status, received_at, received_at_ms, payload) "
+        "SETTINGS insert_deduplication_token = '{token}' VALUES ('{id}', 'acme', 'call-ended', 'normalized', 1000, 1000000, '{{}}')"
+    )
+    engine.query(insert.format(token="g:t:0:0-9/raw_events_store", id="e1"))
+    engine.query(insert.format(token="g:t:0:0-9/raw_events_store", id="e1-other-content"))
+    assert rows(engine, f"SELECT count() FROM {db}.raw_events_store") == [["1"]]
+    engine.query(insert.format(token="g:t:0:10-19/raw_events_store", id="e2"))
+    assert rows(engine, f"SELECT count() FROM {db}.raw_events_store") == [["2"]]
+
+
 def test_raw_events_show_each_delivery_once(engine, db):
     apply_all(engine, db)
     engine.query(
