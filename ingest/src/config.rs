@@ -118,6 +118,8 @@ pub enum ConfigError {
     SpoolSinkWithoutDir,
     #[error(transparent)]
     Kafka(#[from] runtime::kafka::KafkaConfigError),
+    #[error(transparent)]
+    Log(#[from] runtime::logging::LogConfigError),
 }
 
 impl Config {
@@ -129,6 +131,7 @@ impl Config {
             return Err(ConfigError::SpoolSinkWithoutDir);
         }
         self.kafka.validate()?;
+        self.log.validate()?;
         self.topics.validate()?;
         Ok(())
     }

@@ -80,6 +80,7 @@ pub async fn run(
                 &config.kafka,
                 &config.topics.raw_topic,
                 produce_timeout,
+                metrics.clone(),
             )?);
             kafka_publisher = Some(kafka.clone());
             match spool {

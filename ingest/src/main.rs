@@ -4,7 +4,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ingest::Config::parse();
-    runtime::logging::init(&config.log);
+    let _telemetry = runtime::logging::init(&config.log, "ingest");
     config.validate().context("invalid configuration")?;
     let listener = std::net::TcpListener::bind(&config.listen)
         .with_context(|| format!("cannot listen on INGEST_LISTEN={}", config.listen))?;

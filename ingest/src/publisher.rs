@@ -19,13 +19,18 @@ use crate::spool::{Spool, SpoolError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A raw record to make durable: its Kafka key, the encoded envelope, and the W3C
+/// trace context of the request that brought it (sent as a Kafka header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
+}
+
 /// Makes an event durable. `publish` resolves only once the event is stored.
 pub trait Publisher: Send + Sync + 'static {
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>>;
+    fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>>;
     /// Whether the publisher can accept durably right now (for `/readyz`).
     fn ready(&self) -> BoxFuture<'_, bool>;
 }
@@ -34,6 +39,7 @@ pub trait Publisher: Send + Sync + 'static {
 pub struct KafkaPublisher {
     producer: FutureProducer,
     topic: String,
+    metrics: Arc<Metrics>,
 }
 
 impl KafkaPublisher {
@@ -43,6 +49,7 @@ impl KafkaPublisher {
         kafka: &KafkaArgs,
         topic: &str,
         produce_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<KafkaPublisher, KafkaError> {
         let mut config = kafka.reliable_config(produce_timeout);
         // Every request waits for its acknowledgement: do not hold records back to batch
@@ -51,6 +58,7 @@ impl KafkaPublisher {
         Ok(KafkaPublisher {
             producer: config.create()?,
             topic: topic.to_owned(),
+            metrics,
         })
     }
 
@@ -61,8 +69,16 @@ impl KafkaPublisher {
         }
     }
 
-    async fn send(&self, key: &str, payload: &[u8]) -> Result<(), PublishError> {
-        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+    async fn send(
+        &self,
+        key: &str,
+        payload: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        if let Some(headers) = runtime::trace::headers(traceparent) {
+            record = record.headers(headers);
+        }
         // A full local queue means we are over capacity: fail at once rather than hold
         // the request.
         match self
@@ -97,12 +113,14 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move { self.send(key, &payload).await })
+    fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            self.send(&record.key, &record.payload, record.traceparent.as_deref())
+                .await?;
+            self.metrics.produced(started.elapsed());
+            Ok(())
+        })
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
@@ -177,7 +195,7 @@ impl DurablePublisher {
             // producer keeps the order per partition.
             let sends: Vec<_> = entries
                 .iter()
-                .map(|e| kafka.send(&e.key, &e.payload))
+                .map(|e| kafka.send(&e.key, &e.payload, e.traceparent.as_deref()))
                 .collect();
             let results = futures::future::join_all(sends).await;
             let acked = results.iter().take_while(|r| r.is_ok()).count();
@@ -203,24 +221,29 @@ impl DurablePublisher {
 }
 
 impl Publisher for DurablePublisher {
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
+            let (key, payload, trace) =
+                (&record.key, &record.payload, record.traceparent.as_deref());
             if self.spool.events() > 0 {
-                return self.spool.append(key, &payload).await.map_err(spool_error);
+                return self
+                    .spool
+                    .append(key, payload, trace)
+                    .await
+                    .map_err(spool_error);
             }
             let started = Instant::now();
-            match self.kafka.send(key, &payload).await {
+            match self.kafka.send(key, payload, trace).await {
                 Ok(()) => {
                     self.metrics.produced(started.elapsed());
                     Ok(())
                 }
                 Err(PublishError::Unavailable(reason)) => {
                     tracing::warn!(%reason, "Kafka did not acknowledge; spooling");
-                    self.spool.append(key, &payload).await.map_err(spool_error)
+                    self.spool
+                        .append(key, payload, trace)
+                        .await
+                        .map_err(spool_error)
                 }
                 Err(refused) => Err(refused),
             }
@@ -237,12 +260,13 @@ impl Publisher for DurablePublisher {
 pub struct SpoolOnlyPublisher(pub Arc<Spool>);
 
 impl Publisher for SpoolOnlyPublisher {
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move { self.0.append(key, &payload).await.map_err(spool_error) })
+    fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(async move {
+            self.0
+                .append(&record.key, &record.payload, record.traceparent.as_deref())
+                .await
+                .map_err(spool_error)
+        })
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
@@ -254,11 +278,7 @@ impl Publisher for SpoolOnlyPublisher {
 pub struct DiscardPublisher;
 
 impl Publisher for DiscardPublisher {
-    fn publish<'a>(
-        &'a self,
-        _key: &'a str,
-        _payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish(&self, _record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async { Ok(()) })
     }
 

@@ -18,8 +18,9 @@ use crate::access::Access;
 use crate::config::{HttpArgs, Tokens};
 use crate::error::{IngestError, PublishError};
 use crate::metrics::Metrics;
-use crate::publisher::Publisher;
+use crate::publisher::{Publisher, Record};
 use crate::rejections::{Rejection, Rejections};
+use tracing::Instrument as _;
 
 /// What every handler shares.
 pub struct State {
@@ -212,7 +213,15 @@ async fn accept(
         tracing::error!(error = %e, tenant, event, "Could not encode the raw envelope");
         IngestError::Internal
     })?;
-    match state.publisher.publish(&key, payload).await {
+    // The trace of this delivery starts here and follows it through Kafka headers.
+    let span = tracing::info_span!("webhook", tenant, event, event_id = %event_id, key = %key);
+    let record = Record {
+        key,
+        payload,
+        traceparent: runtime::trace::traceparent(&span),
+    };
+    let published = state.publisher.publish(record).instrument(span).await;
+    match published {
         Ok(()) => Ok(HttpResponse::Ok().json(Receipt { event_id })),
         Err(PublishError::Unavailable(reason)) => {
             tracing::warn!(%reason, tenant, event, "Event not stored; answering 503");

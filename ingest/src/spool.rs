@@ -3,7 +3,8 @@
 //! On disk it is one [redb](https://docs.rs/redb) file, `<INGEST_SPOOL_DIR>/spool.redb`,
 //! with one table mapping a sequence number (u64, increasing in arrival order) to an
 //! entry: the Kafka key's length (u32, little-endian), the key, then the record exactly as
-//! it would have been produced.
+//! it would have been produced. A second table maps the same sequence number to the
+//! delivery's W3C `traceparent`, when it has one (older spool files simply lack it).
 //!
 //! Crash guarantees: an append returns only after its write transaction committed with
 //! `Durability::Immediate`, i.e. after redb fsync'd the data and the commit slot; only
@@ -21,6 +22,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
+const TRACES: TableDefinition<'_, u64, &str> = TableDefinition::new("traces");
 
 /// Why the spool could not take or give back an entry.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +47,13 @@ pub struct Entry {
     pub seq: u64,
     pub key: String,
     pub payload: Vec<u8>,
+    pub traceparent: Option<String>,
 }
 
 struct Append {
     key: String,
     payload: Vec<u8>,
+    traceparent: Option<String>,
     done: oneshot::Sender<Result<(), SpoolError>>,
 }
 
@@ -95,6 +99,7 @@ impl Spool {
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(ENTRIES).map_err(storage)?;
+            txn.open_table(TRACES).map_err(storage)?;
             txn.commit().map_err(storage)?;
             let read = db.begin_read().map_err(storage)?;
             let table = read.open_table(ENTRIES).map_err(storage)?;
@@ -120,7 +125,12 @@ impl Spool {
     }
 
     /// Appends a delivery durably; returns once it is fsync'd.
-    pub async fn append(&self, key: &str, payload: &[u8]) -> Result<(), SpoolError> {
+    pub async fn append(
+        &self,
+        key: &str,
+        payload: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), SpoolError> {
         let size = (4 + key.len() + payload.len()) as u64;
         let bytes = self.bytes.load(Ordering::Relaxed);
         if bytes + size > self.max_bytes {
@@ -133,6 +143,7 @@ impl Spool {
         let append = Append {
             key: key.to_owned(),
             payload: payload.to_vec(),
+            traceparent: traceparent.map(str::to_owned),
             done,
         };
         self.appends
@@ -146,15 +157,21 @@ impl Spool {
     pub fn oldest(&self, max: usize) -> Result<Vec<Entry>, SpoolError> {
         let read = self.db.begin_read().map_err(storage)?;
         let table = read.open_table(ENTRIES).map_err(storage)?;
+        let traces = read.open_table(TRACES).map_err(storage)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(storage)?.take(max) {
             let (seq, value) = item.map_err(storage)?;
             let value = value.value();
             let key_len = u32::from_le_bytes(value[..4].try_into().expect("4 bytes")) as usize;
+            let traceparent = traces
+                .get(seq.value())
+                .map_err(storage)?
+                .map(|t| t.value().to_owned());
             out.push(Entry {
                 seq: seq.value(),
                 key: String::from_utf8_lossy(&value[4..4 + key_len]).into_owned(),
                 payload: value[4 + key_len..].to_vec(),
+                traceparent,
             });
         }
         Ok(out)
@@ -168,11 +185,13 @@ impl Spool {
         let mut removed = 0u64;
         {
             let mut table = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut traces = txn.open_table(TRACES).map_err(storage)?;
             for entry in entries {
                 if let Some(value) = table.remove(entry.seq).map_err(storage)? {
                     freed += value.value().len() as u64;
                     removed += 1;
                 }
+                traces.remove(entry.seq).map_err(storage)?;
             }
         }
         txn.commit().map_err(storage)?;
@@ -239,8 +258,14 @@ fn commit(db: &Database, group: &[Append], first_seq: u64) -> Result<u64, SpoolE
     let mut size = 0u64;
     {
         let mut table = txn.open_table(ENTRIES).map_err(storage)?;
+        let mut traces = txn.open_table(TRACES).map_err(storage)?;
         let mut value = Vec::new();
         for (i, append) in group.iter().enumerate() {
+            if let Some(traceparent) = &append.traceparent {
+                traces
+                    .insert(first_seq + i as u64, traceparent.as_str())
+                    .map_err(storage)?;
+            }
             value.clear();
             value.extend_from_slice(&(append.key.len() as u32).to_le_bytes());
             value.extend_from_slice(append.key.as_bytes());
@@ -266,7 +291,7 @@ mod tests {
             let spool = Spool::open(dir.path(), 1 << 20).unwrap();
             for i in 0..5 {
                 spool
-                    .append(&format!("acme:call:{i}"), format!("p{i}").as_bytes())
+                    .append(&format!("acme:call:{i}"), format!("p{i}").as_bytes(), None)
                     .await
                     .unwrap();
             }
@@ -280,16 +305,30 @@ mod tests {
         // A restart (new process) finds what was not removed, and appends after it.
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(spool.events(), 3);
-        spool.append("acme:call:9", b"p9").await.unwrap();
-        let keys: Vec<String> = spool
-            .oldest(10)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        spool
+            .append(
+                "acme:call:9",
+                b"p9",
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            )
+            .await
+            .unwrap();
+        let entries = spool.oldest(10).unwrap();
+        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
             ["acme:call:2", "acme:call:3", "acme:call:4", "acme:call:9"]
+        );
+        // The trace context is kept with the entry it belongs to, and only there.
+        let traces: Vec<Option<&str>> = entries.iter().map(|e| e.traceparent.as_deref()).collect();
+        assert_eq!(
+            traces,
+            [
+                None,
+                None,
+                None,
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            ]
         );
     }
 
@@ -297,14 +336,14 @@ mod tests {
     async fn a_full_spool_refuses_and_frees_room_when_drained() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 100).unwrap();
-        spool.append("k", &[0; 60]).await.unwrap();
+        spool.append("k", &[0; 60], None).await.unwrap();
         assert!(matches!(
-            spool.append("k", &[0; 60]).await,
+            spool.append("k", &[0; 60], None).await,
             Err(SpoolError::Full { .. })
         ));
         spool.remove(&spool.oldest(1).unwrap()).unwrap();
         assert_eq!(spool.bytes(), 0);
-        spool.append("k", &[0; 60]).await.unwrap();
+        spool.append("k", &[0; 60], None).await.unwrap();
     }
 
     #[tokio::test]
@@ -314,7 +353,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let spool = spool.clone();
-                tokio::spawn(async move { spool.append(&format!("k{i}"), b"x").await })
+                tokio::spawn(async move { spool.append(&format!("k{i}"), b"x", None).await })
             })
             .collect();
         for task in tasks {

@@ -8,7 +8,7 @@ use actix_web::{test, web, App};
 use ingest::access::{parse_networks, Access};
 use ingest::config::{HttpArgs, Tokens};
 use ingest::error::PublishError;
-use ingest::publisher::{BoxFuture, Publisher};
+use ingest::publisher::{BoxFuture, Publisher, Record};
 use ingest::routes::{configure, State};
 use schemas::avro;
 
@@ -24,11 +24,8 @@ struct Recorder {
 }
 
 impl Publisher for Recorder {
-    fn publish<'a>(
-        &'a self,
-        key: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
+        let Record { key, payload, .. } = record;
         Box::pin(async move {
             if let Some(gate) = &self.gate {
                 gate.notified().await;
@@ -36,7 +33,7 @@ impl Publisher for Recorder {
             if self.down {
                 return Err(PublishError::Unavailable("broker down".into()));
             }
-            self.records.lock().unwrap().push((key.to_owned(), payload));
+            self.records.lock().unwrap().push((key, payload));
             Ok(())
         })
     }

@@ -30,6 +30,14 @@ pub enum FlushReason {
 }
 
 impl FlushReason {
+    pub const ALL: [FlushReason; 5] = [
+        FlushReason::Rows,
+        FlushReason::Bytes,
+        FlushReason::Age,
+        FlushReason::Block,
+        FlushReason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlushReason::Rows => "rows",
@@ -73,6 +81,8 @@ pub struct Batch {
     pub planned_last: Option<i64>,
     /// Event id and offset of each event, to name the record of a row ClickHouse rejects.
     pub sources: Vec<(String, i64)>,
+    /// One span per record, continuing its webhook's trace; closed once it is written.
+    pub spans: Vec<tracing::Span>,
     /// Messages in the batch.
     pub events: usize,
     pub bytes: usize,

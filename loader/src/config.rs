@@ -27,6 +27,9 @@ pub struct Config {
     /// with insert deduplication tokens then drop): `auto` records them on those servers.
     #[arg(long, env = "LOADER_BLOCK_LOG", default_value = "auto")]
     pub block_log: Switch,
+    /// Address of the Prometheus `/metrics` endpoint, `host:port`; empty: none.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    pub metrics_listen: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -156,6 +159,8 @@ pub enum ConfigError {
     BadAge(u64),
     #[error(transparent)]
     Kafka(#[from] runtime::kafka::KafkaConfigError),
+    #[error(transparent)]
+    Log(#[from] runtime::logging::LogConfigError),
 }
 
 impl Config {
@@ -166,6 +171,7 @@ impl Config {
         self.clickhouse.validate()?;
         self.batch.validate()?;
         self.kafka.validate()?;
+        self.log.validate()?;
         self.topics.validate()?;
         Ok(())
     }

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod metrics;
 pub mod rows;
 pub mod sink;
 
@@ -23,8 +24,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use runtime::metrics::LagContext;
 use schemas::{avro, DeadLetter};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use batch::{Batch, FlushPolicy, FlushReason};
 pub use config::Config;
@@ -37,6 +40,11 @@ pub enum RunError {
     ClickHouse(#[from] SinkError),
     #[error("kafka client failed: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("cannot serve metrics on METRICS_LISTEN={listen}: {error}")]
+    Metrics {
+        listen: String,
+        error: std::io::Error,
+    },
 }
 
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
@@ -52,7 +60,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .kafka
         .ensure_topics(&[&topics.normalized_topic, &topics.dlq_topic])
         .await?;
-    let consumer = config.kafka.at_least_once_consumer(&config.group_id)?;
+    let metrics = metrics::Metrics::default();
+    if !config.metrics_listen.is_empty() {
+        runtime::metrics::serve(
+            &config.metrics_listen,
+            metrics.registry.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|error| RunError::Metrics {
+            listen: config.metrics_listen.clone(),
+            error,
+        })?;
+    }
+    let consumer = config
+        .kafka
+        .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;
     let dlq = config.kafka.reliable_producer(Duration::from_secs(60))?;
     consumer.subscribe(&[&topics.normalized_topic, &topics.dlq_topic])?;
     tracing::info!(
@@ -68,6 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         dlq,
         policy: config.batch.policy(),
         batches: BTreeMap::new(),
+        metrics,
     };
     let result = loader.consume(&shutdown).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -101,11 +124,12 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option
 struct Loader<'a> {
     config: &'a Config,
     sink: Sink,
-    consumer: &'a StreamConsumer,
+    consumer: &'a StreamConsumer<LagContext>,
     dlq: FutureProducer,
     policy: FlushPolicy,
     /// One pending batch per (topic, partition).
     batches: BTreeMap<(String, i32), Batch>,
+    metrics: metrics::Metrics,
 }
 
 impl Loader<'_> {
@@ -173,6 +197,10 @@ impl Loader<'_> {
                 },
             );
         }
+        // Continues the webhook's trace (from the header transform set) until the insert.
+        let span = tracing::info_span!("load", partition, offset, block = tracing::field::Empty);
+        runtime::trace::continue_trace(&span, runtime::trace::of_message(message).as_deref());
+        self.batch(&key).spans.push(span);
         if topic == self.config.topics.dlq_topic {
             let letter = avro::dead_letter()
                 .decode(payload)
@@ -185,6 +213,7 @@ impl Loader<'_> {
             Err(e) => {
                 self.dead_letter(message, format!("undecodable normalized record: {e}"))
                     .await?;
+                self.metrics.dead_lettered("undecodable", 1);
                 self.batch(&key).skip(offset, now);
             }
         }
@@ -269,6 +298,8 @@ impl Loader<'_> {
         let block = format!("{group}:{topic}:{partition}:{first}-{last}");
         let started = Instant::now();
         let mut attempt = 0;
+        let insert_span =
+            tracing::info_span!("clickhouse_insert", block = %block, events = batch.events);
         let rejected = loop {
             let result = async {
                 if self.sink.block_log && batch.planned_last != Some(last) {
@@ -278,12 +309,14 @@ impl Loader<'_> {
                 }
                 self.sink.write(batch, &block).await
             }
+            .instrument(insert_span.clone())
             .await;
             let e = match result {
                 Ok(rejected) => break rejected,
                 Err(e) => e,
             };
             attempt += 1;
+            self.metrics.insert_retries.inc();
             if e.is_retryable() {
                 tracing::warn!(error = %e, attempt, "ClickHouse insert failed; retrying");
             } else {
@@ -310,6 +343,23 @@ impl Loader<'_> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Batch written"
         );
+        let source = if *topic == self.config.topics.dlq_topic {
+            "dlq"
+        } else {
+            "normalized"
+        };
+        self.metrics.batch(
+            source,
+            batch,
+            reason,
+            rejected.len(),
+            started.elapsed(),
+            runtime::now_ms(),
+        );
+        for span in &batch.spans {
+            span.record("block", block.as_str());
+        }
+        // Dropping the batch closes its spans: each event's trace ends at its insert.
         self.batches.remove(key);
         self.store_offset(topic, partition, last);
         Ok(())

@@ -6,6 +6,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
+
+use crate::metrics::LagContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
@@ -100,7 +102,12 @@ impl KafkaArgs {
     /// only after the output of a message is durable, and committed in the background.
     /// A new group starts from the earliest record, so nothing written before the first
     /// start is skipped.
-    pub fn at_least_once_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    /// The group's lag is published to `lag` every 5 s.
+    pub fn at_least_once_consumer(
+        &self,
+        group_id: &str,
+        lag: prometheus::IntGauge,
+    ) -> Result<StreamConsumer<LagContext>, KafkaError> {
         self.client_config()
             .set("group.id", group_id)
             .set("enable.auto.commit", "true")
@@ -112,7 +119,8 @@ impl KafkaArgs {
             // than the default 45 s.
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "3000")
-            .create()
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(LagContext::new(lag))
     }
 
     /// An idempotent producer that waits for all in-sync replicas, so a delivery that is

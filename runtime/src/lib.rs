@@ -3,8 +3,10 @@
 
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
 pub mod shutdown;
 pub mod throttle;
+pub mod trace;
 
 pub use kafka::{KafkaArgs, TopicArgs};
 
@@ -15,4 +17,4 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
-pub use logging::LogArgs;
+pub use logging::{LogArgs, Telemetry};

@@ -48,7 +48,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    runtime::logging::init(&cli.log);
+    let _telemetry = runtime::logging::init(&cli.log, "simulate");
     anyhow::ensure!(
         (-12..=14).contains(&cli.utc_offset_hours),
         "SIMULATE_UTC_OFFSET_HOURS must be from -12 to 14, got {}",

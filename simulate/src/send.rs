@@ -45,6 +45,8 @@ pub struct Stats {
     pub rejected: AtomicU64,
     pub failed: AtomicU64,
     pub retries: AtomicU64,
+    /// Distinct event ids ingest answered with (duplicates share one).
+    pub event_ids: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Stats {
@@ -153,6 +155,10 @@ async fn deliver(client: &reqwest::Client, url: &str, delivery: &Delivery, stats
         match response {
             Ok(r) if r.status().is_success() => {
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let receipt: serde_json::Value = r.json().await.unwrap_or_default();
+                if let Some(id) = receipt["event_id"].as_str() {
+                    stats.event_ids.lock().unwrap().insert(id.to_owned());
+                }
                 return;
             }
             Ok(r) if r.status().is_client_error() => {

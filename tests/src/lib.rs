@@ -6,6 +6,8 @@
 //! dev-services addresses). A service that does not answer fails the test; nothing here
 //! skips.
 
+pub mod procs;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -153,8 +155,9 @@ impl Pipeline {
         let log = LogArgs {
             log_format: "text".into(),
             log_filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            ..LogArgs::default()
         };
-        runtime::logging::init(&log);
+        let _ = runtime::logging::init(&log, "tests");
         let shutdown = CancellationToken::new();
 
         let (ingest_url, ingest) = start_ingest(&kafka, &topics, &log, &ingest_options);
@@ -163,6 +166,7 @@ impl Pipeline {
             group_id: format!("{name}-transform"),
             batch_max_messages: 500,
             delivery_timeout_ms: 30_000,
+            metrics_listen: String::new(),
             kafka: kafka.clone(),
             topics: topics.clone(),
             log: log.clone(),
@@ -184,6 +188,7 @@ impl Pipeline {
                 batch_max_age_ms: 200,
             },
             block_log: loader::config::Switch::Auto,
+            metrics_listen: String::new(),
             kafka: kafka.clone(),
             topics: topics.clone(),
             log: log.clone(),
@@ -598,6 +603,32 @@ pub async fn first_occurrences(pipeline: &Pipeline, total: usize) -> HashMap<Str
     }
     assert_eq!(distinct.len(), total, "normalized topic holds every event");
     seen
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Fetches a Prometheus `/metrics` page and returns `name{labels} value` pairs; waits
+/// up to 30 s for a service that is still starting.
+pub async fn scrape(url: &str) -> HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        match reqwest::get(url).await {
+            Ok(response) => break response.text().await.unwrap(),
+            Err(e) if Instant::now() >= deadline => panic!("GET {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A fresh directory under the system temp dir.

@@ -29,16 +29,23 @@ async fn simulated_backfill_reaches_every_table() {
     assert_eq!(stats.rejected.load(Ordering::Relaxed), 0);
     assert!(accepted > 100, "only {accepted} deliveries");
 
-    // Duplicates collapse, so raw_events has at most one row per delivery sent.
+    // Every accepted delivery is in raw_events, once per distinct event id (the
+    // simulator's duplicates share one).
+    let accepted_ids = stats.event_ids.lock().unwrap().clone();
     let raw = pipeline
         .wait_for_rows(
-            "SELECT event_id FROM {db}.raw_events_store",
-            accepted as usize,
+            "SELECT event_id FROM {db}.raw_events",
+            accepted_ids.len(),
             Duration::from_secs(90),
         )
         .await
         .unwrap();
-    assert_eq!(raw.len() as u64, accepted);
+    let stored: std::collections::HashSet<String> = raw
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(raw.len(), stored.len(), "no event twice");
+    assert_eq!(stored, accepted_ids);
     for table in [
         "calls",
         "call_agents",

@@ -6,6 +6,7 @@
 //! At least once: a message's offset is stored only after everything it produced is
 //! acknowledged by Kafka. Duplicates this may cause are removed downstream by event id.
 
+pub mod metrics;
 mod replay;
 mod route;
 
@@ -15,6 +16,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use runtime::metrics::LagContext;
 use runtime::{KafkaArgs, LogArgs, TopicArgs};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +45,9 @@ pub struct Config {
     /// exits (to be restarted and resume from its last stored offset).
     #[arg(long, env = "TRANSFORM_DELIVERY_TIMEOUT_MS", default_value_t = 300_000)]
     pub delivery_timeout_ms: u64,
+    /// Address of the Prometheus `/metrics` endpoint, `host:port`; empty: none.
+    #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9101")]
+    pub metrics_listen: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -74,6 +79,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Kafka(#[from] runtime::kafka::KafkaConfigError),
     #[error(transparent)]
+    Log(#[from] runtime::logging::LogConfigError),
+    #[error(transparent)]
     Replay(#[from] BadPoint),
 }
 
@@ -89,6 +96,7 @@ impl Config {
             return Err(ConfigError::BadDeliveryTimeout(self.delivery_timeout_ms));
         }
         self.kafka.validate()?;
+        self.log.validate()?;
         self.topics.validate()?;
         if let Some(Command::Replay(args)) = &self.command {
             args.points()?;
@@ -104,6 +112,11 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
     #[error("kafka did not acknowledge a record for {topic}: {error}")]
     Delivery { topic: String, error: KafkaError },
+    #[error("cannot serve metrics on METRICS_LISTEN={listen}: {error}")]
+    Metrics {
+        listen: String,
+        error: std::io::Error,
+    },
 }
 
 /// Runs until `shutdown` is cancelled or Kafka fails for longer than the delivery timeout.
@@ -117,14 +130,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             &topics.dlq_topic,
         ])
         .await?;
-    let consumer = config.kafka.at_least_once_consumer(&config.group_id)?;
+    let metrics = metrics::Metrics::default();
+    if !config.metrics_listen.is_empty() {
+        runtime::metrics::serve(
+            &config.metrics_listen,
+            metrics.registry.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|error| RunError::Metrics {
+            listen: config.metrics_listen.clone(),
+            error,
+        })?;
+    }
+    let consumer = config
+        .kafka
+        .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;
     let producer = config
         .kafka
         .reliable_producer(Duration::from_millis(config.delivery_timeout_ms))?;
     consumer.subscribe(&[&topics.raw_topic])?;
     tracing::info!(topic = %topics.raw_topic, group = %config.group_id, "Transform consuming");
 
-    let result = consume(&config, &consumer, &producer, &shutdown).await;
+    let result = consume(&config, &consumer, &producer, &metrics, &shutdown).await;
     // Commit what was stored so a restart does not redo it (a failure here only means
     // more duplicates, which are removed downstream).
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -137,8 +164,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
 async fn consume(
     config: &Config,
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<LagContext>,
     producer: &FutureProducer,
+    metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
     let mut errors = runtime::throttle::Throttle::new(Duration::from_secs(10));
@@ -165,25 +193,44 @@ async fn consume(
             }
         }
 
+        let started = std::time::Instant::now();
         let mut deliveries = Vec::with_capacity(batch.len());
+        let (mut normalized, mut dead_lettered) = (0, 0);
         for message in &batch {
-            let outputs = route(
-                &config.topics,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.key(),
-                message.payload().unwrap_or_default(),
-                runtime::now_ms(),
+            // Continues the webhook's trace from the header ingest set.
+            let span = tracing::info_span!(
+                "transform",
+                partition = message.partition(),
+                offset = message.offset()
             );
+            runtime::trace::continue_trace(&span, runtime::trace::of_message(message).as_deref());
+            let traceparent = runtime::trace::traceparent(&span);
+            let outputs = span.in_scope(|| {
+                route(
+                    &config.topics,
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    message.payload().unwrap_or_default(),
+                    runtime::now_ms(),
+                )
+            });
             for output in outputs {
-                deliveries.push((output.topic.clone(), enqueue(producer, &output).await?));
+                if output.topic == config.topics.normalized_topic {
+                    normalized += 1;
+                } else {
+                    dead_lettered += 1;
+                }
+                let delivery = enqueue(producer, &output, traceparent.as_deref()).await?;
+                deliveries.push((output.topic.clone(), delivery));
             }
         }
         if !await_deliveries(deliveries, shutdown).await? {
             // Offsets of this batch are not stored: the next start redoes it.
             return Ok(());
         }
+        metrics.batch(batch.len(), normalized, dead_lettered, started.elapsed());
         for message in &batch {
             // Fails only for a partition this instance no longer owns after a rebalance;
             // its new owner redoes the message, and the duplicate is removed downstream.
@@ -224,11 +271,15 @@ async fn await_deliveries(
 async fn enqueue(
     producer: &FutureProducer,
     output: &Output,
+    traceparent: Option<&str>,
 ) -> Result<rdkafka::producer::DeliveryFuture, RunError> {
     loop {
-        let record = FutureRecord::to(&output.topic)
+        let mut record = FutureRecord::to(&output.topic)
             .key(&output.key)
             .payload(&output.payload);
+        if let Some(headers) = runtime::trace::headers(traceparent) {
+            record = record.headers(headers);
+        }
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

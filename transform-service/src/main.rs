@@ -5,7 +5,7 @@ use transform_service::Command;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = transform_service::Config::parse();
-    runtime::logging::init(&config.log);
+    let _telemetry = runtime::logging::init(&config.log, "transform");
     config.validate().context("invalid configuration")?;
     let shutdown = runtime::shutdown::on_signal();
     match &config.command {

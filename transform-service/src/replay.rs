@@ -144,6 +144,9 @@ pub async fn replay(
         };
         if offset < end {
             report.read += 1;
+            let span = tracing::info_span!("replay", partition, offset);
+            runtime::trace::continue_trace(&span, runtime::trace::of_message(&message).as_deref());
+            let traceparent = runtime::trace::traceparent(&span);
             for output in route(
                 &config.topics,
                 message.topic(),
@@ -158,7 +161,8 @@ pub async fn replay(
                 } else {
                     report.dead_lettered += 1;
                 }
-                deliveries.push((output.topic.clone(), enqueue(&producer, &output).await?));
+                let delivery = enqueue(&producer, &output, traceparent.as_deref()).await?;
+                deliveries.push((output.topic.clone(), delivery));
             }
         }
         if offset + 1 >= end {

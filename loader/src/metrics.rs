@@ -1,0 +1,175 @@
+//! Prometheus metrics of `loader`, served on `METRICS_LISTEN`. Names follow
+//! `loader_<name>_<unit>[_total]`; label sets are bounded (topics by role, the six
+//! storage tables, flush reasons). Updated once per batch.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use runtime::metrics::{counter, counter_vec, gauge, histogram, COUNT_BUCKETS, SECONDS_BUCKETS};
+
+use crate::batch::{Batch, FlushReason};
+
+/// Records consumed, by source (`normalized`, `dlq`).
+pub const RECORDS_IN_TOTAL: &str = "loader_records_in_total";
+/// Rows ClickHouse accepted, by storage table.
+pub const ROWS_WRITTEN_TOTAL: &str = "loader_rows_written_total";
+/// Batches written, by flush reason (`rows`, `bytes`, `age`, `block`, `shutdown`).
+pub const BATCHES_TOTAL: &str = "loader_batches_total";
+/// Records per batch.
+pub const BATCH_RECORDS: &str = "loader_batch_records";
+/// Time to write one batch (all its tables), retries included.
+pub const INSERT_DURATION_SECONDS: &str = "loader_insert_duration_seconds";
+/// Failed insert attempts that were retried.
+pub const INSERT_RETRIES_TOTAL: &str = "loader_insert_retries_total";
+/// Records sent to the DLQ by the loader, by reason (`undecodable`, `refused`).
+pub const DEAD_LETTERED_TOTAL: &str = "loader_dead_lettered_total";
+/// Time from ingest's receipt of an event to the insert that stored it.
+pub const EVENT_DELAY_SECONDS: &str = "loader_event_delay_seconds";
+/// Records of the consumed topics not yet committed by the group.
+pub const CONSUMER_LAG_RECORDS: &str = "loader_consumer_lag_records";
+
+/// Every loader metric, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    records_in: IntCounterVec,
+    rows_written: IntCounterVec,
+    batches: IntCounterVec,
+    batch_records: Histogram,
+    insert_duration: Histogram,
+    pub insert_retries: IntCounter,
+    dead_lettered: IntCounterVec,
+    event_delay: Histogram,
+    pub lag: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            records_in: counter_vec(
+                &registry,
+                RECORDS_IN_TOTAL,
+                "Records consumed, by source topic.",
+                &["source"],
+            ),
+            rows_written: counter_vec(
+                &registry,
+                ROWS_WRITTEN_TOTAL,
+                "Rows ClickHouse accepted, by storage table.",
+                &["table"],
+            ),
+            batches: counter_vec(
+                &registry,
+                BATCHES_TOTAL,
+                "Batches written, by flush reason.",
+                &["reason"],
+            ),
+            batch_records: histogram(
+                &registry,
+                BATCH_RECORDS,
+                "Records per batch.",
+                COUNT_BUCKETS,
+            ),
+            insert_duration: histogram(
+                &registry,
+                INSERT_DURATION_SECONDS,
+                "Time to write one batch, retries included.",
+                SECONDS_BUCKETS,
+            ),
+            insert_retries: counter(
+                &registry,
+                INSERT_RETRIES_TOTAL,
+                "Failed insert attempts that were retried.",
+            ),
+            dead_lettered: counter_vec(
+                &registry,
+                DEAD_LETTERED_TOTAL,
+                "Records the loader sent to the DLQ, by reason.",
+                &["reason"],
+            ),
+            event_delay: histogram(
+                &registry,
+                EVENT_DELAY_SECONDS,
+                "Time from ingest's receipt of an event to its insert.",
+                SECONDS_BUCKETS,
+            ),
+            lag: gauge(
+                &registry,
+                CONSUMER_LAG_RECORDS,
+                "Records of the consumed topics not yet committed by the group.",
+            ),
+            registry,
+        };
+        // Every label value exists from the start, so rates read 0 rather than nothing.
+        for source in ["normalized", "dlq"] {
+            metrics.records_in.with_label_values(&[source]);
+        }
+        for table in TABLES {
+            metrics.rows_written.with_label_values(&[table]);
+        }
+        for reason in FlushReason::ALL {
+            metrics.batches.with_label_values(&[reason.as_str()]);
+        }
+        for reason in ["undecodable", "refused"] {
+            metrics.dead_lettered.with_label_values(&[reason]);
+        }
+        metrics
+    }
+}
+
+/// The storage tables, as `loader_rows_written_total` labels them.
+const TABLES: [&str; 6] = [
+    "raw_events_store",
+    "call_events_store",
+    "contact_events_store",
+    "contact_list_events_store",
+    "message_events_store",
+    "dead_letters_store",
+];
+
+impl Metrics {
+    /// Records one written batch of `source` (`normalized` or `dlq`).
+    pub fn batch(
+        &self,
+        source: &str,
+        batch: &Batch,
+        reason: FlushReason,
+        refused: usize,
+        took: Duration,
+        now_ms: i64,
+    ) {
+        self.records_in
+            .with_label_values(&[source])
+            .inc_by(batch.events as u64);
+        let t = &batch.tables;
+        let rows = [
+            t.raw.len(),
+            t.calls.len(),
+            t.contacts.len(),
+            t.contact_lists.len(),
+            t.messages.len(),
+            t.dead_letters.len(),
+        ];
+        for (table, rows) in TABLES.into_iter().zip(rows) {
+            if rows > 0 {
+                self.rows_written
+                    .with_label_values(&[table])
+                    .inc_by(rows as u64);
+            }
+        }
+        self.batches.with_label_values(&[reason.as_str()]).inc();
+        self.batch_records.observe(batch.events as f64);
+        self.insert_duration.observe(took.as_secs_f64());
+        if refused > 0 {
+            self.dead_lettered("refused", refused as u64);
+        }
+        for row in &t.raw {
+            let delay_ms = (now_ms - row.received_at_ms as i64).max(0);
+            self.event_delay.observe(delay_ms as f64 / 1000.0);
+        }
+    }
+
+    pub fn dead_lettered(&self, reason: &str, n: u64) {
+        self.dead_lettered.with_label_values(&[reason]).inc_by(n);
+    }
+}

@@ -1,0 +1,144 @@
+//! The key counters of every service move when events flow, and every metric the
+//! pipeline-health dashboard charts is one the services export.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use tests::{call_step, free_addr, scrape, Pipeline, Stages};
+
+const EVENTS: i64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_key_counters_move_when_events_flow() {
+    let mut pipeline = Pipeline::start(Stages {
+        transform: false,
+        loader: false,
+    })
+    .await;
+    let transform_addr = free_addr();
+    let loader_addr = free_addr();
+    pipeline.transform_config.metrics_listen = transform_addr.clone();
+    pipeline.loader_config.metrics_listen = loader_addr.clone();
+    pipeline.start_transform();
+    pipeline.start_loader();
+    let urls = [
+        format!("{}/metrics", pipeline.ingest_url),
+        format!("http://{transform_addr}/metrics"),
+        format!("http://{loader_addr}/metrics"),
+    ];
+    let before = scrape_all(&urls).await;
+
+    for call in 0..EVENTS {
+        let (event, body) = call_step(3_000_000 + call, 0);
+        assert_eq!(pipeline.post(&event, &body).await.0, 200);
+    }
+    // A call body without an id: dead-lettered by transform.
+    assert_eq!(
+        pipeline
+            .post("call-ended", &json!({"type": "inbound"}).to_string())
+            .await
+            .0,
+        200
+    );
+    // Not JSON: refused with 400 and counted by reason.
+    assert_eq!(pipeline.post("call-ended", "{not json").await.0, 400);
+    pipeline
+        .wait_for_rows(
+            "SELECT event_id FROM {db}.raw_events",
+            EVENTS as usize + 1,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    pipeline
+        .wait_for_rows(
+            "SELECT stage FROM {db}.dead_letters WHERE stage = 'transform'",
+            1,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let after = scrape_all(&urls).await;
+
+    let n = EVENTS as f64;
+    let moved = |series: &str| {
+        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+    };
+    for (series, at_least) in [
+        (r#"ingest_requests_total{status="200"}"#, n + 1.0),
+        (r#"ingest_rejected_total{reason="bad_json"}"#, 1.0),
+        ("ingest_produce_duration_seconds_count", n + 1.0),
+        ("transform_records_in_total", n + 1.0),
+        (
+            r#"transform_records_out_total{output="normalized"}"#,
+            n + 1.0,
+        ),
+        (r#"transform_records_out_total{output="dlq"}"#, 1.0),
+        ("transform_batch_duration_seconds_count", 1.0),
+        (r#"loader_records_in_total{source="normalized"}"#, n + 1.0),
+        (r#"loader_records_in_total{source="dlq"}"#, 1.0),
+        (
+            r#"loader_rows_written_total{table="raw_events_store"}"#,
+            n + 1.0,
+        ),
+        (r#"loader_rows_written_total{table="call_events_store"}"#, n),
+        (
+            r#"loader_rows_written_total{table="dead_letters_store"}"#,
+            1.0,
+        ),
+        ("loader_insert_duration_seconds_count", 1.0),
+        ("loader_event_delay_seconds_count", n + 1.0),
+    ] {
+        assert!(
+            moved(series) >= at_least,
+            "{series} moved by {} (want >= {at_least})",
+            moved(series)
+        );
+    }
+    let flushes: f64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("loader_batches_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(flushes >= 2.0, "normalized and dlq batches: {flushes}");
+    for gauge in [
+        "ingest_spool_events",
+        "transform_consumer_lag_records",
+        "loader_consumer_lag_records",
+    ] {
+        assert!(after.contains_key(gauge), "{gauge} is exported");
+    }
+
+    // Every metric the pipeline-health dashboard queries exists.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/dashboards/pipeline-health.json"
+    ))
+    .unwrap();
+    let exported: Vec<&str> = after.keys().map(|k| k.split('{').next().unwrap()).collect();
+    let mut charted = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if ["ingest_", "transform_", "loader_"]
+            .iter()
+            .any(|p| word.starts_with(p))
+            && !word.ends_with('_')
+        {
+            charted += 1;
+            assert!(
+                exported.contains(&word),
+                "the dashboard charts {word}, which no service exports"
+            );
+        }
+    }
+    assert!(charted >= 10, "the dashboard charts {charted} metrics");
+    pipeline.stop().await;
+}
+
+async fn scrape_all(urls: &[String]) -> HashMap<String, f64> {
+    let mut all = HashMap::new();
+    for url in urls {
+        all.extend(scrape(url).await);
+    }
+    all
+}
