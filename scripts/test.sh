@@ -42,7 +42,7 @@ set -a
 set +a
 
 log "shell scripts parse"
-for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/chaos .ci/run; do
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/chaos .ci/run; do
     bash -n "$script"
 done
 

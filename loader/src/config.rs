@@ -76,6 +76,21 @@ pub struct ClickHouseArgs {
         default_value = "auto"
     )]
     pub validation: Switch,
+    /// Compression of inserts on the wire: `none` (cheapest when ClickHouse is on the
+    /// same host or network) or `lz4` (for a slow link).
+    #[arg(
+        long = "clickhouse-compression",
+        env = "CLICKHOUSE_COMPRESSION",
+        default_value = "none"
+    )]
+    pub compression: WireCompression,
+}
+
+/// Compression of the loader's inserts.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireCompression {
+    None,
+    Lz4,
 }
 
 /// A feature that is on, off, or chosen from what the server supports.
@@ -215,6 +230,7 @@ mod tests {
             user: "default".into(),
             password: String::new(),
             validation: Switch::Auto,
+            compression: WireCompression::None,
         }
     }
 

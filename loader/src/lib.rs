@@ -17,6 +17,7 @@ pub mod rows;
 pub mod sink;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -85,12 +86,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 
     let mut loader = Loader {
         config: &config,
-        sink,
         consumer: &consumer,
-        dlq,
+        writer: Arc::new(Writer {
+            sink,
+            dlq,
+            dlq_topic: topics.dlq_topic.clone(),
+            group: config.group_id.clone(),
+            metrics,
+        }),
         policy: config.batch.policy(),
         batches: BTreeMap::new(),
-        metrics,
+        in_flight: None,
     };
     let result = loader.consume(&shutdown).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -123,13 +129,19 @@ async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option
 
 struct Loader<'a> {
     config: &'a Config,
-    sink: Sink,
     consumer: &'a StreamConsumer<LagContext>,
-    dlq: FutureProducer,
+    writer: Arc<Writer>,
     policy: FlushPolicy,
     /// One pending batch per (topic, partition).
     batches: BTreeMap<(String, i32), Batch>,
-    metrics: metrics::Metrics,
+    /// The batch being written, if any: consuming goes on meanwhile, and at most one
+    /// write is in flight, so memory stays bounded and offsets are stored in order.
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    key: (String, i32),
+    task: tokio::task::JoinHandle<Result<Option<i64>, RunError>>,
 }
 
 impl Loader<'_> {
@@ -151,6 +163,13 @@ impl Loader<'_> {
                 },
                 _ = tick.tick() => {}
             }
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.task.is_finished())
+            {
+                self.finish_in_flight().await?;
+            }
             let now = Instant::now();
             let due: Vec<_> = self
                 .batches
@@ -158,20 +177,25 @@ impl Loader<'_> {
                 .filter_map(|(key, batch)| Some((key.clone(), self.policy.due(batch, now)?)))
                 .collect();
             for (key, reason) in due {
-                self.flush(&key, reason, shutdown).await?;
+                self.finish_in_flight().await?;
+                self.start_write(&key, reason, shutdown);
             }
         }
-        // One bounded attempt set on the way out; what is not written is redone by the
-        // next start, since its offsets were never stored.
+        // What is being written gets a bounded grace; what is pending gets one bounded
+        // attempt. What is not written is redone by the next start, since its offsets
+        // were never stored.
         let grace = CancellationToken::new();
         let keys: Vec<_> = self.batches.keys().cloned().collect();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            self.finish_in_flight().await?;
             for key in keys {
-                self.flush(&key, FlushReason::Shutdown, &grace).await?;
+                self.start_write(&key, FlushReason::Shutdown, &grace);
+                self.finish_in_flight().await?;
             }
             Ok::<_, RunError>(())
         })
         .await;
+        grace.cancel();
         Ok(())
     }
 
@@ -211,9 +235,12 @@ impl Loader<'_> {
         match avro::normalized_event().decode(payload) {
             Ok(event) => self.batch(&key).add_event(event, offset, now),
             Err(e) => {
-                self.dead_letter(message, format!("undecodable normalized record: {e}"))
+                let reason = format!("undecodable normalized record: {e}");
+                tracing::warn!(%reason, partition, offset, "Dead-lettering a record");
+                self.writer
+                    .send_dead_letter(message.key().unwrap_or_default(), &letter(message, reason))
                     .await?;
-                self.metrics.dead_lettered("undecodable", 1);
+                self.writer.metrics.dead_lettered("undecodable", 1);
                 self.batch(&key).skip(offset, now);
             }
         }
@@ -228,12 +255,12 @@ impl Loader<'_> {
     /// before a restart. Without an answer the batch is cut as usual: its rows may then
     /// be stored twice, and the views still show them once.
     async fn planned_last(&self, topic: &str, partition: i32, first_offset: i64) -> Option<i64> {
-        if !self.sink.block_log {
+        let sink = &self.writer.sink;
+        if !sink.block_log {
             return None;
         }
         let group = &self.config.group_id;
-        match self
-            .sink
+        match sink
             .planned_last(group, topic, partition, first_offset)
             .await
         {
@@ -256,45 +283,79 @@ impl Loader<'_> {
         }
     }
 
-    async fn dead_letter(
-        &self,
-        message: &BorrowedMessage<'_>,
-        reason: String,
-    ) -> Result<(), RunError> {
-        tracing::warn!(%reason, partition = message.partition(), offset = message.offset(), "Dead-lettering a record");
-        self.send_dead_letter(message.key().unwrap_or_default(), &letter(message, reason))
-            .await
-    }
-
-    async fn send_dead_letter(&self, key: &[u8], letter: &DeadLetter) -> Result<(), RunError> {
-        let payload = avro::dead_letter()
-            .encode(letter)
-            .expect("a dead letter has only strings, numbers and bytes, which always encode");
-        let record = FutureRecord::to(&self.config.topics.dlq_topic)
-            .key(key)
-            .payload(&payload);
-        self.dlq
-            .send(record, Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| RunError::Kafka(e))?;
-        Ok(())
-    }
-
-    /// Writes one partition's batch, retrying with backoff until ClickHouse accepts it or
-    /// `shutdown` is cancelled; sends the rows it refused for their values to the DLQ;
-    /// then stores the offset after the batch.
-    async fn flush(
+    /// Takes a partition's batch out and starts writing it in a task of its own.
+    fn start_write(
         &mut self,
         key: &(String, i32),
         reason: FlushReason,
         shutdown: &CancellationToken,
-    ) -> Result<(), RunError> {
-        let Some(batch) = self.batches.get(key).filter(|b| !b.is_empty()) else {
+    ) {
+        let Some(batch) = self.batches.remove(key).filter(|b| !b.is_empty()) else {
+            return;
+        };
+        let writer = self.writer.clone();
+        let (key_owned, shutdown) = (key.clone(), shutdown.clone());
+        let task = tokio::spawn(async move {
+            writer
+                .write_block(&key_owned, batch, reason, &shutdown)
+                .await
+        });
+        self.in_flight = Some(InFlight {
+            key: key.clone(),
+            task,
+        });
+    }
+
+    /// Waits for the write in flight, then stores the offset after its block.
+    async fn finish_in_flight(&mut self) -> Result<(), RunError> {
+        let Some(InFlight { key, task }) = self.in_flight.take() else {
             return Ok(());
         };
+        let written = task.await.expect("the write task does not panic")?;
+        if let Some(last) = written {
+            self.store_offset(&key.0, key.1, last);
+        }
+        Ok(())
+    }
+
+    fn store_offset(&self, topic: &str, partition: i32, last: i64) {
+        let mut list = TopicPartitionList::new();
+        // The committed offset is the next one to read.
+        if let Err(e) = list.add_partition_offset(topic, partition, Offset::Offset(last + 1)) {
+            tracing::warn!(error = %e, topic, partition, "Offset not stored");
+            return;
+        }
+        // Fails only for a partition revoked by a rebalance; its new owner redoes the
+        // records, and the views collapse the duplicates.
+        if let Err(e) = self.consumer.store_offsets(&list) {
+            tracing::warn!(error = %e, "Offsets not stored");
+        }
+    }
+}
+
+/// What writing a block needs, shared with the task that writes it.
+struct Writer {
+    sink: Sink,
+    dlq: FutureProducer,
+    dlq_topic: String,
+    group: String,
+    metrics: metrics::Metrics,
+}
+
+impl Writer {
+    /// Writes one partition's batch, retrying with backoff until ClickHouse accepts it
+    /// or `shutdown` is cancelled (then `None`: not written, offsets not to be stored);
+    /// sends the rows it refused for their values to the DLQ. Returns the last offset.
+    async fn write_block(
+        &self,
+        key: &(String, i32),
+        batch: Batch,
+        reason: FlushReason,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<i64>, RunError> {
         let (topic, partition) = (key.0.as_str(), key.1);
         let (first, last) = (batch.first_offset, batch.last_offset);
-        let group = &self.config.group_id;
+        let group = &self.group;
         let block = format!("{group}:{topic}:{partition}:{first}-{last}");
         let started = Instant::now();
         let mut attempt = 0;
@@ -307,7 +368,7 @@ impl Loader<'_> {
                         .record_block(group, topic, partition, first, last)
                         .await?;
                 }
-                self.sink.write(batch, &block).await
+                self.sink.write(&batch, &block).await
             }
             .instrument(insert_span.clone())
             .await;
@@ -325,12 +386,12 @@ impl Loader<'_> {
                 tracing::error!(error = %e, attempt, "ClickHouse rejected the insert; retrying");
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(backoff(attempt)) => {}
             }
         };
         for refused in &rejected {
-            self.set_aside(topic, partition, batch, refused).await?;
+            self.set_aside(topic, partition, &batch, refused).await?;
         }
         tracing::debug!(
             topic,
@@ -343,14 +404,14 @@ impl Loader<'_> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Batch written"
         );
-        let source = if *topic == self.config.topics.dlq_topic {
+        let source = if topic == self.dlq_topic {
             "dlq"
         } else {
             "normalized"
         };
         self.metrics.batch(
             source,
-            batch,
+            &batch,
             reason,
             rejected.len(),
             started.elapsed(),
@@ -360,9 +421,8 @@ impl Loader<'_> {
             span.record("block", block.as_str());
         }
         // Dropping the batch closes its spans: each event's trace ends at its insert.
-        self.batches.remove(key);
-        self.store_offset(topic, partition, last);
-        Ok(())
+        drop(batch);
+        Ok(Some(last))
     }
 
     /// Sends a row ClickHouse refused to the DLQ (from where it lands in
@@ -407,18 +467,16 @@ impl Loader<'_> {
             .await
     }
 
-    fn store_offset(&self, topic: &str, partition: i32, last: i64) {
-        let mut list = TopicPartitionList::new();
-        // The committed offset is the next one to read.
-        if let Err(e) = list.add_partition_offset(topic, partition, Offset::Offset(last + 1)) {
-            tracing::warn!(error = %e, topic, partition, "Offset not stored");
-            return;
-        }
-        // Fails only for a partition revoked by a rebalance; its new owner redoes the
-        // records, and the views collapse the duplicates.
-        if let Err(e) = self.consumer.store_offsets(&list) {
-            tracing::warn!(error = %e, "Offsets not stored");
-        }
+    async fn send_dead_letter(&self, key: &[u8], letter: &DeadLetter) -> Result<(), RunError> {
+        let payload = avro::dead_letter()
+            .encode(letter)
+            .expect("a dead letter has only strings, numbers and bytes, which always encode");
+        let record = FutureRecord::to(&self.dlq_topic).key(key).payload(&payload);
+        self.dlq
+            .send(record, Duration::from_secs(60))
+            .await
+            .map_err(|(e, _)| RunError::Kafka(e))?;
+        Ok(())
     }
 }
 

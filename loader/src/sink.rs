@@ -7,7 +7,9 @@ use clickhouse::Client;
 use schemas::migrations::{Migration, MIGRATIONS};
 
 use crate::batch::Batch;
-use crate::config::{supports_dedup_token, supports_validation, ClickHouseArgs, Switch};
+use crate::config::{
+    supports_dedup_token, supports_validation, ClickHouseArgs, Switch, WireCompression,
+};
 use crate::rows::Keyed;
 
 /// Why a ClickHouse operation failed.
@@ -148,7 +150,11 @@ impl Sink {
             .with_url(&args.url)
             .with_user(&args.user)
             .with_password(&args.password)
-            .with_validation(false);
+            .with_validation(false)
+            .with_compression(match args.compression {
+                WireCompression::None => clickhouse::Compression::None,
+                WireCompression::Lz4 => clickhouse::Compression::Lz4,
+            });
         let version: String = base
             .query("SELECT version()")
             .fetch_one()

@@ -114,8 +114,10 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
                 fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
             })?;
         let mut datum = &bytes[HEADER_LEN..];
-        let value = from_avro_datum(writer, &mut datum, Some(&self.current))
-            .map_err(|e| self.err("decode", e))?;
+        // Schema resolution is costly and needed only for records of an older version.
+        let reader = (fp != self.current_fingerprint).then_some(&self.current);
+        let value =
+            from_avro_datum(writer, &mut datum, reader).map_err(|e| self.err("decode", e))?;
         from_value(&value).map_err(|e| self.err("decode", e))
     }
 

@@ -181,6 +181,7 @@ impl Pipeline {
                 user: "default".into(),
                 password: String::new(),
                 validation: loader::config::Switch::Auto,
+                compression: loader::config::WireCompression::Lz4,
             },
             batch: loader::config::BatchArgs {
                 batch_max_rows: 10_000,

@@ -138,6 +138,19 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The services' log filter: `BENCH_LOG` (their logs are then kept), else `warn`.
+fn log_filter() -> String {
+    std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+fn keep_or_remove(run_dir: &std::path::Path) {
+    if std::env::var("BENCH_LOG").is_ok() {
+        eprintln!("logs kept in {}", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
+}
+
 fn bin_dir(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match arg {
         Some(dir) => Ok(dir.clone()),
@@ -269,7 +282,7 @@ async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
             ("CLICKHOUSE_URL", services.clickhouse_url.clone()),
             ("CLICKHOUSE_DATABASE", database.clone()),
             ("METRICS_LISTEN", String::new()),
-            ("RUST_LOG", "warn".into()),
+            ("RUST_LOG", log_filter()),
         ],
     )?;
     procs.start("loader")?;
@@ -338,7 +351,7 @@ async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
             .execute(&format!("DROP DATABASE IF EXISTS {db}"))
             .await;
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
+    keep_or_remove(&run_dir);
     Ok(LoaderResult {
         events: args.events,
         record_bytes: record_bytes / args.events,
@@ -416,7 +429,7 @@ async fn freshness(args: &FreshnessArgs) -> anyhow::Result<FreshnessResult> {
         ("KAFKA_TOPIC_DLQ", format!("{name}.dlq")),
         ("KAFKA_TOPIC_PARTITIONS", args.partitions.to_string()),
         ("METRICS_LISTEN", String::new()),
-        ("RUST_LOG", "warn".into()),
+        ("RUST_LOG", log_filter()),
     ];
     let bins = bin_dir(&args.bin_dir)?;
     let mut procs = Procs::default();
@@ -559,7 +572,7 @@ async fn freshness(args: &FreshnessArgs) -> anyhow::Result<FreshnessResult> {
     let _ = clickhouse
         .execute(&format!("DROP DATABASE IF EXISTS {database}"))
         .await;
-    let _ = std::fs::remove_dir_all(&run_dir);
+    keep_or_remove(&run_dir);
 
     let answered = answered.lock().unwrap();
     let seen = seen.lock().unwrap();
