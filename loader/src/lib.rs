@@ -41,11 +41,8 @@ pub enum RunError {
     ClickHouse(#[from] SinkError),
     #[error("kafka client failed: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("cannot serve metrics on METRICS_LISTEN={listen}: {error}")]
-    Metrics {
-        listen: String,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Metrics(#[from] runtime::metrics::ServeError),
 }
 
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
@@ -62,17 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .ensure_topics(&[&topics.normalized_topic, &topics.dlq_topic])
         .await?;
     let metrics = metrics::Metrics::default();
-    if !config.metrics_listen.is_empty() {
-        runtime::metrics::serve(
-            &config.metrics_listen,
-            metrics.registry.clone(),
-            shutdown.clone(),
-        )
-        .map_err(|error| RunError::Metrics {
-            listen: config.metrics_listen.clone(),
-            error,
-        })?;
-    }
+    runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
     let consumer = config
         .kafka
         .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;
@@ -96,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         }),
         policy: config.batch.policy(),
         batches: BTreeMap::new(),
-        in_flight: None,
+        in_flight: BTreeMap::new(),
     };
     let result = loader.consume(&shutdown).await;
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -134,15 +121,12 @@ struct Loader<'a> {
     policy: FlushPolicy,
     /// One pending batch per (topic, partition).
     batches: BTreeMap<(String, i32), Batch>,
-    /// The batch being written, if any: consuming goes on meanwhile, and at most one
-    /// write is in flight, so memory stays bounded and offsets are stored in order.
-    in_flight: Option<InFlight>,
+    /// Batches being written, at most one per partition: consuming goes on meanwhile,
+    /// memory stays bounded, and each partition's offsets are stored in order.
+    in_flight: BTreeMap<(String, i32), WriteTask>,
 }
 
-struct InFlight {
-    key: (String, i32),
-    task: tokio::task::JoinHandle<Result<Option<i64>, RunError>>,
-}
+type WriteTask = tokio::task::JoinHandle<Result<Option<i64>, RunError>>;
 
 impl Loader<'_> {
     async fn consume(&mut self, shutdown: &CancellationToken) -> Result<(), RunError> {
@@ -163,12 +147,14 @@ impl Loader<'_> {
                 },
                 _ = tick.tick() => {}
             }
-            if self
+            let finished: Vec<_> = self
                 .in_flight
-                .as_ref()
-                .is_some_and(|f| f.task.is_finished())
-            {
-                self.finish_in_flight().await?;
+                .iter()
+                .filter(|(_, task)| task.is_finished())
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in finished {
+                self.finish_write(&key).await?;
             }
             let now = Instant::now();
             let due: Vec<_> = self
@@ -177,7 +163,7 @@ impl Loader<'_> {
                 .filter_map(|(key, batch)| Some((key.clone(), self.policy.due(batch, now)?)))
                 .collect();
             for (key, reason) in due {
-                self.finish_in_flight().await?;
+                self.finish_write(&key).await?;
                 self.start_write(&key, reason, shutdown);
             }
         }
@@ -185,12 +171,15 @@ impl Loader<'_> {
         // attempt. What is not written is redone by the next start, since its offsets
         // were never stored.
         let grace = CancellationToken::new();
-        let keys: Vec<_> = self.batches.keys().cloned().collect();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            self.finish_in_flight().await?;
-            for key in keys {
+            let writing: Vec<_> = self.in_flight.keys().cloned().collect();
+            for key in writing {
+                self.finish_write(&key).await?;
+            }
+            let pending: Vec<_> = self.batches.keys().cloned().collect();
+            for key in pending {
                 self.start_write(&key, FlushReason::Shutdown, &grace);
-                self.finish_in_flight().await?;
+                self.finish_write(&key).await?;
             }
             Ok::<_, RunError>(())
         })
@@ -300,15 +289,13 @@ impl Loader<'_> {
                 .write_block(&key_owned, batch, reason, &shutdown)
                 .await
         });
-        self.in_flight = Some(InFlight {
-            key: key.clone(),
-            task,
-        });
+        self.in_flight.insert(key.clone(), task);
     }
 
-    /// Waits for the write in flight, then stores the offset after its block.
-    async fn finish_in_flight(&mut self) -> Result<(), RunError> {
-        let Some(InFlight { key, task }) = self.in_flight.take() else {
+    /// Waits for the partition's write in flight, if any, then stores the offset after
+    /// its block.
+    async fn finish_write(&mut self, key: &(String, i32)) -> Result<(), RunError> {
+        let Some(task) = self.in_flight.remove(key) else {
             return Ok(());
         };
         let written = task.await.expect("the write task does not panic")?;

@@ -57,6 +57,30 @@ pub fn serve(
     }))
 }
 
+/// The metrics endpoint could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on METRICS_LISTEN={listen}: {error}")]
+pub struct ServeError {
+    pub listen: String,
+    pub error: std::io::Error,
+}
+
+/// Serves `registry` on `listen` as [`serve`] does, unless `listen` is empty.
+pub fn serve_configured(
+    listen: &str,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    serve(listen, registry.clone(), shutdown.clone()).map_err(|error| ServeError {
+        listen: listen.to_owned(),
+        error,
+    })?;
+    Ok(())
+}
+
 /// A consumer context that publishes the group's lag (records between the committed
 /// offset and the end of each assigned partition, summed) to a gauge, from the
 /// statistics librdkafka emits every `statistics.interval.ms`.

@@ -560,6 +560,41 @@ pub fn call_step(call: i64, step: i64) -> (String, String) {
     (event.to_owned(), body.to_string())
 }
 
+/// Checks the effect of `calls` histories of `steps` events each (see [`call_step`]):
+/// waits up to `within` for `calls × steps` events in `raw_events`, then for every call
+/// merged at its last step with `steps` events; fails on a duplicate or a loss.
+pub async fn assert_histories_complete(
+    pipeline: &Pipeline,
+    calls: i64,
+    steps: i64,
+    within: Duration,
+) {
+    let total = (calls * steps) as usize;
+    let rows = pipeline
+        .wait_for_rows("SELECT event_id FROM {db}.raw_events", total, within)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), total, "every accepted event exactly once");
+    let want = vec![serde_json::json!({
+        "disposition_code": format!("STEP_{}", steps - 1), "events": steps, "n": calls
+    })];
+    let sql = "SELECT disposition_code, events, count() AS n FROM {db}.calls \
+               GROUP BY disposition_code, events";
+    // Raw rows are written just before call rows: allow the latter a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let merged = pipeline.clickhouse.rows(sql).await.unwrap();
+        if merged == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "merged calls {merged:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Per call id, the steps (see [`call_step`]) in the order of their first appearance in
 /// the pipeline's normalized topic, read until `total` distinct events were seen.
 pub async fn first_occurrences(pipeline: &Pipeline, total: usize) -> HashMap<String, Vec<i64>> {

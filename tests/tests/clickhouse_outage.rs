@@ -7,8 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use tests::{call_step, dev_services, Pipeline, Stages};
+use tests::{assert_histories_complete, call_step, dev_services, Pipeline, Stages};
 
 const CALLS: i64 = 50;
 const STEPS: i64 = 4;
@@ -53,33 +52,6 @@ async fn the_loader_waits_out_a_clickhouse_outage_and_loses_nothing() {
     dev_services("up", "clickhouse");
     eprintln!("ClickHouse was down for {:?}", stopped.elapsed());
 
-    let total = (CALLS * STEPS) as usize;
-    let rows = pipeline
-        .wait_for_rows(
-            "SELECT event_id FROM {db}.raw_events",
-            total,
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), total, "every accepted event exactly once");
-    let calls = pipeline
-        .wait_for_rows(
-            &format!("SELECT call_id FROM {{db}}.calls WHERE events = {STEPS}"),
-            CALLS as usize,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    assert_eq!(calls.len(), CALLS as usize);
-    let merged = pipeline
-        .clickhouse
-        .rows("SELECT disposition_code, events, count() AS n FROM {db}.calls GROUP BY disposition_code, events")
-        .await
-        .unwrap();
-    assert_eq!(
-        merged,
-        [json!({"disposition_code": format!("STEP_{}", STEPS - 1), "events": STEPS, "n": CALLS})]
-    );
+    assert_histories_complete(&pipeline, CALLS, STEPS, Duration::from_secs(120)).await;
     pipeline.stop().await;
 }

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use tests::{call_step, first_occurrences, Pipeline, Stages};
+use tests::{assert_histories_complete, call_step, first_occurrences, Pipeline, Stages};
 
 const CALLS: i64 = 60;
 const STEPS: i64 = 9;
@@ -37,28 +36,8 @@ async fn per_call_order_and_counts_survive_instances_joining_and_leaving() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    assert_histories_complete(&pipeline, CALLS, STEPS, Duration::from_secs(120)).await;
     let total = (CALLS * STEPS) as usize;
-    let rows = pipeline
-        .wait_for_rows(
-            "SELECT event_id FROM {db}.raw_events",
-            total,
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), total, "every accepted event exactly once");
-    let merged = pipeline
-        .wait_for_rows(
-            &format!("SELECT disposition_code, events, count() AS n FROM {{db}}.calls WHERE events = {STEPS} GROUP BY disposition_code, events"),
-            1,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        merged,
-        [json!({"disposition_code": format!("STEP_{}", STEPS - 1), "events": STEPS, "n": CALLS})]
-    );
     let first_seen = first_occurrences(&pipeline, total).await;
     assert_eq!(first_seen.len() as i64, CALLS);
     for (call, steps) in &first_seen {

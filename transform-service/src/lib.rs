@@ -112,11 +112,8 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
     #[error("kafka did not acknowledge a record for {topic}: {error}")]
     Delivery { topic: String, error: KafkaError },
-    #[error("cannot serve metrics on METRICS_LISTEN={listen}: {error}")]
-    Metrics {
-        listen: String,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Metrics(#[from] runtime::metrics::ServeError),
 }
 
 /// Runs until `shutdown` is cancelled or Kafka fails for longer than the delivery timeout.
@@ -131,17 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         ])
         .await?;
     let metrics = metrics::Metrics::default();
-    if !config.metrics_listen.is_empty() {
-        runtime::metrics::serve(
-            &config.metrics_listen,
-            metrics.registry.clone(),
-            shutdown.clone(),
-        )
-        .map_err(|error| RunError::Metrics {
-            listen: config.metrics_listen.clone(),
-            error,
-        })?;
-    }
+    runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
     let consumer = config
         .kafka
         .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;
