@@ -59,13 +59,8 @@ async fn the_key_counters_move_when_events_flow() {
         )
         .await
         .unwrap();
-    let after = scrape_all(&urls).await;
-
     let n = EVENTS as f64;
-    let moved = |series: &str| {
-        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
-    };
-    for (series, at_least) in [
+    let expected = [
         (r#"ingest_requests_total{status="200"}"#, n + 1.0),
         (r#"ingest_rejected_total{reason="bad_json"}"#, 1.0),
         ("ingest_produce_duration_seconds_count", n + 1.0),
@@ -89,13 +84,27 @@ async fn the_key_counters_move_when_events_flow() {
         ),
         ("loader_insert_duration_seconds_count", 1.0),
         ("loader_event_delay_seconds_count", n + 1.0),
-    ] {
-        assert!(
-            moved(series) >= at_least,
-            "{series} moved by {} (want >= {at_least})",
-            moved(series)
-        );
-    }
+    ];
+    // A write's metrics are updated just after its rows become visible: poll briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let after = scrape_all(&urls).await;
+        let moved = |series: &str| {
+            after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+        };
+        let short: Vec<String> = expected
+            .iter()
+            .filter(|(series, at_least)| moved(series) < *at_least)
+            .map(|(series, at_least)| {
+                format!("{series} moved by {} (want >= {at_least})", moved(series))
+            })
+            .collect();
+        if short.is_empty() {
+            break after;
+        }
+        assert!(std::time::Instant::now() < deadline, "{short:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let flushes: f64 = after
         .iter()
         .filter(|(k, _)| k.starts_with("loader_batches_total{"))
