@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_sql_on_both_engines import MIGRATIONS, Chdb, Server, statements
 
@@ -67,12 +68,30 @@ def query_json(engine, sql):
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+CLICKHOUSE_PLUGIN = "grafana-clickhouse-datasource"
+
+
 def panels():
+    """Every ClickHouse query of every dashboard (Prometheus panels are checked by
+    tests/tests/metrics.rs against the metrics the services export)."""
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
         for panel in dashboard["panels"]:
+            if panel["datasource"]["type"] != CLICKHOUSE_PLUGIN:
+                continue
             for target in panel["targets"]:
                 yield pytest.param(dashboard, panel, target["rawSql"], id=f"{path.stem}:{panel['title']}")
+
+
+def test_every_panel_uses_a_provisioned_data_source():
+    provisioned = set()
+    for path in (ROOT / "deploy" / "grafana" / "provisioning" / "datasources").glob("*.yaml"):
+        for source in yaml.safe_load(path.read_text())["datasources"]:
+            provisioned.add((source["type"], source["uid"]))
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            source = panel["datasource"]
+            assert (source["type"], source["uid"]) in provisioned, f"{path.name}: {panel['title']}"
 
 
 def variables(engine, dashboard, db="switchboard"):
