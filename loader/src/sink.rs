@@ -306,16 +306,14 @@ impl Sink {
         .await
     }
 
-    /// Writes a batch, one insert per storage table, each with a deduplication token
-    /// derived from `block` where the server supports tokens. Rows the server refuses
+    /// Writes a batch, one insert per storage table (`raw_events_store` last), each with
+    /// a deduplication token derived from `block` where the server supports tokens. Rows the server refuses
     /// for their values are found by splitting the insert and returned; the rest is
     /// written. Idempotent: writing the same batch again adds nothing readers see.
     pub async fn write(&self, batch: &Batch, block: &str) -> Result<Vec<Rejected>, SinkError> {
         let t = &batch.tables;
         let token = self.dedup_tokens.then_some(block);
         let mut rejected = Vec::new();
-        self.insert_isolating("raw_events_store", &t.raw, token, &mut rejected)
-            .await?;
         self.insert_isolating("call_events_store", &t.calls, token, &mut rejected)
             .await?;
         self.insert_isolating("contact_events_store", &t.contacts, token, &mut rejected)
@@ -330,6 +328,9 @@ impl Sink {
         self.insert_isolating("message_events_store", &t.messages, token, &mut rejected)
             .await?;
         self.insert_isolating("dead_letters_store", &t.dead_letters, token, &mut rejected)
+            .await?;
+        // Last, so that an event in raw_events has its typed rows in place too.
+        self.insert_isolating("raw_events_store", &t.raw, token, &mut rejected)
             .await?;
         Ok(rejected)
     }

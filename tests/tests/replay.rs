@@ -34,9 +34,10 @@ async fn a_replay_replaces_rows_in_place_without_duplicates() {
     for call in 0..5 {
         post(5_000_000 + call, 2).await;
     }
+    // Call rows are written just after raw rows: wait for the call events themselves.
     pipeline
         .wait_for_rows(
-            "SELECT event_id FROM {db}.raw_events",
+            "SELECT event_id FROM {db}.call_events",
             25,
             Duration::from_secs(60),
         )
