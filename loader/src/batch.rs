@@ -79,8 +79,9 @@ pub struct Batch {
     pub last_offset: i64,
     /// The last offset of the block this batch redoes, when one was recorded before.
     pub planned_last: Option<i64>,
-    /// Event id and offset of each event, to name the record of a row ClickHouse rejects.
-    pub sources: Vec<(String, i64)>,
+    /// The offset of each event, in the order of `tables.raw` (every event has exactly
+    /// one raw row), to name the record of a row ClickHouse refuses.
+    pub raw_offsets: Vec<i64>,
     /// One span per record, continuing its webhook's trace; closed once it is written.
     pub spans: Vec<tracing::Span>,
     /// Messages in the batch.
@@ -93,8 +94,8 @@ pub struct Batch {
 impl Batch {
     /// Adds the rows of a normalized event read at `offset`.
     pub fn add_event(&mut self, event: NormalizedEvent, offset: i64, now: Instant) {
-        self.sources.push((event.event_id.clone(), offset));
         let bytes = self.tables.add_event(event);
+        self.raw_offsets.push(offset);
         self.count(bytes, offset, now);
     }
 
@@ -122,10 +123,12 @@ impl Batch {
 
     /// The offset an event was read at.
     pub fn offset_of(&self, event_id: &str) -> Option<i64> {
-        self.sources
+        let index = self
+            .tables
+            .raw
             .iter()
-            .find(|(id, _)| id == event_id)
-            .map(|&(_, offset)| offset)
+            .position(|r| r.event_id == event_id)?;
+        self.raw_offsets.get(index).copied()
     }
 
     pub fn is_empty(&self) -> bool {

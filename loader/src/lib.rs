@@ -210,10 +210,14 @@ impl Loader<'_> {
                 },
             );
         }
-        // Continues the webhook's trace (from the header transform set) until the insert.
-        let span = tracing::info_span!("load", partition, offset, block = tracing::field::Empty);
-        runtime::trace::continue_trace(&span, runtime::trace::of_message(message).as_deref());
-        self.batch(&key).spans.push(span);
+        // Continues the webhook's trace (from the header transform set) until the
+        // insert; a record that carries no trace costs no span.
+        if let Some(traceparent) = runtime::trace::of_message(message) {
+            let span =
+                tracing::info_span!("load", partition, offset, block = tracing::field::Empty);
+            runtime::trace::continue_trace(&span, Some(&traceparent));
+            self.batch(&key).spans.push(span);
+        }
         if topic == self.config.topics.dlq_topic {
             let letter = avro::dead_letter()
                 .decode(payload)

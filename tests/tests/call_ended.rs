@@ -63,10 +63,14 @@ async fn call_ended_webhook_lands_in_calls_once_with_utc_times() {
     assert_eq!(call["tags"], json!(["billing", "priority"]));
     assert_eq!(call["line_alias"], "Billing");
 
-    // Both deliveries were written (at least once); readers see one event.
+    // Both deliveries were written (at least once); readers see one event. Raw rows
+    // are written just after the typed ones: wait for them.
     let raw = pipeline
-        .clickhouse
-        .rows("SELECT event_id, event, status, payload FROM {db}.raw_events")
+        .wait_for_rows(
+            "SELECT event_id, event, status, payload FROM {db}.raw_events",
+            1,
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     assert_eq!(raw.len(), 1, "{raw:?}");
