@@ -4,7 +4,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p ingest -p transform-service -p loader -p simulate \
+RUN cargo build --release --locked -p ingest -p transform -p loader -p simulate \
     && mkdir -p /out \
     && cp target/release/ingest target/release/transform target/release/loader target/release/simulate /out/
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_sql_on_both_engines import MIGRATIONS, Chdb, Server, statements
+from test_sql_on_both_engines import Chdb, Server, migrate
 
 ROOT = Path(__file__).parent.parent
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
@@ -40,9 +40,7 @@ def chdb():
     engine = Chdb()
     engine.query("DROP DATABASE IF EXISTS switchboard")
     engine.query("CREATE DATABASE switchboard")
-    for path in MIGRATIONS:
-        for sql in statements(path, "switchboard"):
-            engine.query(sql)
+    migrate(engine, "switchboard")
     for file in sorted(Path(out).glob("*.jsonl")):
         data = file.read_text()
         if data:
@@ -56,9 +54,7 @@ def server():
     engine = Server()
     db = "dash_" + uuid.uuid4().hex[:12]
     engine.query(f"CREATE DATABASE {db}")
-    for path in MIGRATIONS:
-        for sql in statements(path, db):
-            engine.query(sql)
+    migrate(engine, db)
     yield engine, db
     engine.query(f"DROP DATABASE IF EXISTS {db}")
 

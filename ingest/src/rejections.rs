@@ -60,21 +60,18 @@ impl Rejections {
         let Some((producer, topic)) = &self.sink else {
             return;
         };
-        let now = runtime::now_ms();
-        let letter = DeadLetter {
-            stage: "ingest".to_owned(),
-            reason: format!("{} {}: {}", r.status, r.reason, r.detail),
-            event_id: String::new(),
-            tenant: r.tenant.to_owned(),
-            event: r.event.to_owned(),
-            source_topic: "http".to_owned(),
-            source_partition: i32::from(r.status),
-            // Unique per refusal, so that the table's dedup key keeps every one.
-            source_offset: now.saturating_mul(1000) + i64::from(fastrand::u16(..1000)),
-            key: r.source.clone(),
-            payload: r.body[..r.body.len().min(BODY_PREFIX_BYTES)].to_vec(),
-            failed_at: now,
-        };
+        let letter = DeadLetter::refused_delivery(
+            r.status,
+            format!("{} {}: {}", r.status, r.reason, r.detail),
+            r.tenant,
+            r.event,
+            &r.source,
+            r.body[..r.body.len().min(BODY_PREFIX_BYTES)].to_vec(),
+            // 63 random bits: unique per refusal (across ingest instances too), so the
+            // table's dedup key keeps every one.
+            fastrand::i64(0..i64::MAX),
+            runtime::now_ms(),
+        );
         match avro::dead_letter().encode(&letter) {
             // Fire and forget: the answer to the sender does not wait for this.
             Ok(payload) => {

@@ -199,8 +199,8 @@ async fn accept(
     body: Vec<u8>,
     json: &Value,
 ) -> Result<HttpResponse, IngestError> {
-    let event_id = transform::identity::event_id(tenant, event, json);
-    let key = transform::identity::kafka_key(tenant, event, json, &event_id);
+    let event_id = normalize::identity::event_id(tenant, event, json);
+    let key = normalize::identity::kafka_key(tenant, event, json, &event_id);
     let envelope = RawEnvelope {
         event_id: event_id.clone(),
         tenant: tenant.to_owned(),

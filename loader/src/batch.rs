@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use schemas::{DeadLetter, NormalizedEvent};
 
-use crate::rows::Tables;
+use warehouse::Tables;
 
 /// When a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use runtime::{KafkaArgs, LogArgs, TopicArgs};
-use schemas::migrations::is_valid_database_name;
+use warehouse::migrations::is_valid_database_name;
 
 use crate::batch::FlushPolicy;
 
@@ -112,25 +112,6 @@ impl Switch {
     }
 }
 
-/// The `(major, minor)` of a ClickHouse version string such as `18.16.1` or `24.8.4.13`.
-pub fn server_version(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??))
-}
-
-/// Whether the client can check rows against the table schema (`RowBinaryWithNamesAndTypes`,
-/// ClickHouse 24 and later).
-pub fn supports_validation(version: &str) -> bool {
-    server_version(version).is_some_and(|v| v >= (24, 1))
-}
-
-/// Whether inserts into a plain MergeTree can be deduplicated by
-/// `insert_deduplication_token` (ClickHouse 22.2 and later, with the table setting
-/// `non_replicated_deduplication_window`).
-pub fn supports_dedup_token(version: &str) -> bool {
-    server_version(version).is_some_and(|v| v >= (22, 2))
-}
-
 /// When a batch is written to ClickHouse.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchArgs {
@@ -232,20 +213,6 @@ mod tests {
             validation: Switch::Auto,
             compression: WireCompression::None,
         }
-    }
-
-    #[test]
-    fn server_features_follow_the_version() {
-        assert!(!supports_validation("18.16.1"));
-        assert!(supports_validation("24.8.4.13"));
-        assert!(supports_validation("25.3.1"));
-        assert!(!supports_validation("garbage"));
-        assert!(!supports_dedup_token("18.16.1"));
-        assert!(!supports_dedup_token("22.1.3"));
-        assert!(supports_dedup_token("22.2.1"));
-        assert!(supports_dedup_token("24.8.4.13"));
-        assert_eq!(server_version("18.16.1"), Some((18, 16)));
-        assert_eq!(server_version("24"), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::time::Duration;
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
 use runtime::metrics::{counter, counter_vec, gauge, histogram, COUNT_BUCKETS, SECONDS_BUCKETS};
 
+use warehouse::Table;
+
 use crate::batch::{Batch, FlushReason};
 
 /// Records consumed, by source (`normalized`, `dlq`).
@@ -104,8 +106,8 @@ impl Default for Metrics {
         for source in ["normalized", "dlq"] {
             metrics.records_in.with_label_values(&[source]);
         }
-        for table in TABLES {
-            metrics.rows_written.with_label_values(&[table]);
+        for table in Table::ALL {
+            metrics.rows_written.with_label_values(&[table.name()]);
         }
         for reason in FlushReason::ALL {
             metrics.batches.with_label_values(&[reason.as_str()]);
@@ -116,16 +118,6 @@ impl Default for Metrics {
         metrics
     }
 }
-
-/// The storage tables, as `loader_rows_written_total` labels them.
-const TABLES: [&str; 6] = [
-    "raw_events_store",
-    "call_events_store",
-    "contact_events_store",
-    "contact_list_events_store",
-    "message_events_store",
-    "dead_letters_store",
-];
 
 impl Metrics {
     /// Records one written batch of `source` (`normalized` or `dlq`).
@@ -141,19 +133,10 @@ impl Metrics {
         self.records_in
             .with_label_values(&[source])
             .inc_by(batch.events as u64);
-        let t = &batch.tables;
-        let rows = [
-            t.raw.len(),
-            t.calls.len(),
-            t.contacts.len(),
-            t.contact_lists.len(),
-            t.messages.len(),
-            t.dead_letters.len(),
-        ];
-        for (table, rows) in TABLES.into_iter().zip(rows) {
+        for (table, rows) in batch.tables.counts() {
             if rows > 0 {
                 self.rows_written
-                    .with_label_values(&[table])
+                    .with_label_values(&[table.name()])
                     .inc_by(rows as u64);
             }
         }
@@ -163,7 +146,7 @@ impl Metrics {
         if refused > 0 {
             self.dead_lettered("refused", refused as u64);
         }
-        for row in &t.raw {
+        for row in &batch.tables.raw {
             let delay_ms = (now_ms - row.received_at_ms as i64).max(0);
             self.event_delay.observe(delay_ms as f64 / 1000.0);
         }

@@ -1,16 +1,14 @@
-//! ClickHouse: connection, start-up migrations, batch inserts, and which failures are
-//! worth retrying.
+//! ClickHouse: connection, what the server supports, start-up migrations, the block log,
+//! inserts, and which failures are worth retrying.
 
 use std::time::Duration;
 
 use clickhouse::Client;
-use schemas::migrations::{Migration, MIGRATIONS};
+use warehouse::migrations::{adds_a_column, Migration, MIGRATIONS};
+use warehouse::{StoreRow, Table};
 
-use crate::batch::Batch;
-use crate::config::{
-    supports_dedup_token, supports_validation, ClickHouseArgs, Switch, WireCompression,
-};
-use crate::rows::Keyed;
+use crate::config::{ClickHouseArgs, Switch, WireCompression};
+use crate::consume::TopicPartition;
 
 /// Why a ClickHouse operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +27,7 @@ impl SinkError {
         move |source| SinkError::ClickHouse { op, source }
     }
 
-    fn server_code(&self) -> Option<u32> {
+    pub(crate) fn server_code(&self) -> Option<u32> {
         match self {
             SinkError::ClickHouse {
                 source: clickhouse::error::Error::BadResponse(body),
@@ -87,6 +85,9 @@ const SCHEMA_CODES: &[u32] = &[
     81, // UNKNOWN_DATABASE
 ];
 
+/// `DUPLICATE_COLUMN`: an `ADD COLUMN` of a column that exists.
+const DUPLICATE_COLUMN: u32 = 15;
+
 /// The `N` of `Code: N.` in a ClickHouse error body (18.16 sends no error-code header).
 fn error_code(body: &str) -> Option<u32> {
     let rest = &body[body.find("Code: ")? + 6..];
@@ -95,27 +96,6 @@ fn error_code(body: &str) -> Option<u32> {
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
-
-/// A row the server refused for its values, set aside from an insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    pub table: &'static str,
-    pub event_id: String,
-    pub tenant: String,
-    /// The row as JSON.
-    pub row: String,
-    pub error: String,
-}
-
-/// The storage tables the loader writes, with their settings for deduplicated inserts.
-const STORE_TABLES: &[&str] = &[
-    "raw_events_store",
-    "call_events_store",
-    "contact_events_store",
-    "contact_list_events_store",
-    "message_events_store",
-    "dead_letters_store",
-];
 
 /// How many recent insert tokens a table remembers, when the server supports tokens.
 const DEDUP_WINDOW: u32 = 10_000;
@@ -171,7 +151,7 @@ impl Sink {
         };
         sink.migrate().await?;
         if dedup_tokens {
-            for table in STORE_TABLES {
+            for table in Table::ALL {
                 sink.execute(&format!(
                     "ALTER TABLE {}.{table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}",
                     sink.database
@@ -224,7 +204,12 @@ impl Sink {
 
     async fn apply(&self, migration: &Migration) -> Result<(), SinkError> {
         for statement in migration.statements(&self.database) {
-            self.execute(&statement).await?;
+            match self.execute(&statement).await {
+                // Applied before this migration was interrupted (see `adds_a_column`).
+                Err(e)
+                    if adds_a_column(&statement) && e.server_code() == Some(DUPLICATE_COLUMN) => {}
+                result => result?,
+            }
         }
         self.client
             .query(&format!(
@@ -260,8 +245,7 @@ impl Sink {
     pub async fn planned_last(
         &self,
         group: &str,
-        topic: &str,
-        partition: i32,
+        tp: &TopicPartition,
         first_offset: i64,
     ) -> Result<Option<i64>, SinkError> {
         self.client
@@ -271,8 +255,8 @@ impl Sink {
                  LIMIT 1",
             )
             .bind(group)
-            .bind(topic)
-            .bind(partition)
+            .bind(&tp.topic)
+            .bind(tp.partition)
             .bind(first_offset)
             .fetch_optional()
             .await
@@ -284,15 +268,14 @@ impl Sink {
     pub async fn record_block(
         &self,
         group: &str,
-        topic: &str,
-        partition: i32,
+        tp: &TopicPartition,
         first_offset: i64,
         last_offset: i64,
     ) -> Result<(), SinkError> {
         let row = BlockRow {
             consumer_group: group.to_owned(),
-            topic: topic.to_owned(),
-            partition,
+            topic: tp.topic.clone(),
+            partition: tp.partition,
             first_offset,
             last_offset,
             recorded_at: u32::try_from(runtime::now_ms() / 1000).unwrap_or(u32::MAX),
@@ -306,81 +289,12 @@ impl Sink {
         .await
     }
 
-    /// Writes a batch, one insert per storage table (`raw_events_store` last), each with
-    /// a deduplication token derived from `block` where the server supports tokens. Rows the server refuses
-    /// for their values are found by splitting the insert and returned; the rest is
-    /// written. Idempotent: writing the same batch again adds nothing readers see.
-    pub async fn write(&self, batch: &Batch, block: &str) -> Result<Vec<Rejected>, SinkError> {
-        let t = &batch.tables;
-        let token = self.dedup_tokens.then_some(block);
-        let mut rejected = Vec::new();
-        self.insert_isolating("call_events_store", &t.calls, token, &mut rejected)
-            .await?;
-        self.insert_isolating("contact_events_store", &t.contacts, token, &mut rejected)
-            .await?;
-        self.insert_isolating(
-            "contact_list_events_store",
-            &t.contact_lists,
-            token,
-            &mut rejected,
-        )
-        .await?;
-        self.insert_isolating("message_events_store", &t.messages, token, &mut rejected)
-            .await?;
-        self.insert_isolating("dead_letters_store", &t.dead_letters, token, &mut rejected)
-            .await?;
-        // Last, so that an event in raw_events has its typed rows in place too.
-        self.insert_isolating("raw_events_store", &t.raw, token, &mut rejected)
-            .await?;
-        Ok(rejected)
-    }
-
-    /// Inserts `rows`; on a bad-data refusal, splits them in halves until the refused
-    /// rows are alone, and sets those aside in `rejected`. Every sub-insert has its own
-    /// token, a function of the block and the row range, so a redone block repeats them.
-    async fn insert_isolating<T>(
-        &self,
-        table: &'static str,
-        rows: &[T],
-        block_token: Option<&str>,
-        rejected: &mut Vec<Rejected>,
-    ) -> Result<(), SinkError>
+    /// Inserts `rows` into their table, with `token` as the insert's deduplication token.
+    pub async fn insert<T>(&self, rows: &[T], token: Option<&str>) -> Result<(), SinkError>
     where
-        T: clickhouse::RowOwned + clickhouse::RowWrite + serde::Serialize + Keyed,
+        T: clickhouse::RowOwned + clickhouse::RowWrite + StoreRow,
     {
-        let mut pending = vec![(0, rows.len())];
-        while let Some((lo, hi)) = pending.pop() {
-            if lo == hi {
-                continue;
-            }
-            let token = block_token.map(|block| {
-                if (lo, hi) == (0, rows.len()) {
-                    format!("{block}/{table}")
-                } else {
-                    format!("{block}/{table}/{lo}-{hi}")
-                }
-            });
-            match insert(&self.client, table, &rows[lo..hi], token.as_deref()).await {
-                Ok(()) => {}
-                Err(e) if e.is_bad_data() && hi - lo == 1 => {
-                    let row = &rows[lo];
-                    rejected.push(Rejected {
-                        table,
-                        event_id: row.event_id().to_owned(),
-                        tenant: row.tenant().to_owned(),
-                        row: serde_json::to_string(row).unwrap_or_default(),
-                        error: e.to_string(),
-                    });
-                }
-                Err(e) if e.is_bad_data() => {
-                    let mid = lo + (hi - lo) / 2;
-                    pending.push((mid, hi));
-                    pending.push((lo, mid));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        insert(&self.client, T::TABLE.name(), rows, token).await
     }
 }
 
@@ -414,6 +328,25 @@ where
         .end()
         .await
         .map_err(SinkError::at(format!("insert into {table}")))
+}
+
+/// The `(major, minor)` of a ClickHouse version string such as `18.16.1` or `24.8.4.13`.
+pub fn server_version(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Whether the client can check rows against the table schema (`RowBinaryWithNamesAndTypes`,
+/// ClickHouse 24 and later).
+pub fn supports_validation(version: &str) -> bool {
+    server_version(version).is_some_and(|v| v >= (24, 1))
+}
+
+/// Whether inserts into a plain MergeTree can be deduplicated by
+/// `insert_deduplication_token` (ClickHouse 22.2 and later, with the table setting
+/// `non_replicated_deduplication_window`).
+pub fn supports_dedup_token(version: &str) -> bool {
+    server_version(version).is_some_and(|v| v >= (22, 2))
 }
 
 #[cfg(test)]
@@ -450,6 +383,20 @@ mod tests {
         assert!(bad_response("Code: 252. DB::Exception: Too many parts").is_retryable());
         assert!(bad_response("Code: 241. DB::Exception: Memory limit exceeded").is_retryable());
         assert!(bad_response("502 Bad Gateway").is_retryable());
+    }
+
+    #[test]
+    fn server_features_follow_the_version() {
+        assert!(!supports_validation("18.16.1"));
+        assert!(supports_validation("24.8.4.13"));
+        assert!(supports_validation("25.3.1"));
+        assert!(!supports_validation("garbage"));
+        assert!(!supports_dedup_token("18.16.1"));
+        assert!(!supports_dedup_token("22.1.3"));
+        assert!(supports_dedup_token("22.2.1"));
+        assert!(supports_dedup_token("24.8.4.13"));
+        assert_eq!(server_version("18.16.1"), Some((18, 16)));
+        assert_eq!(server_version("24"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 
 use crate::metrics::LagContext;
 use rdkafka::error::KafkaError;
@@ -177,6 +177,17 @@ impl KafkaArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// Commits the offsets a consumer stored, on the way out, so a restart does not redo
+/// them. A failure only means more records are processed again after the restart (and
+/// collapsed downstream by event id), so it is logged, not returned.
+pub fn commit_on_exit<C: ConsumerContext>(consumer: &StreamConsumer<C>) {
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+            tracing::warn!(error = %e, "Final offset commit failed");
+        }
     }
 }
 

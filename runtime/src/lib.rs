@@ -4,6 +4,7 @@
 pub mod kafka;
 pub mod logging;
 pub mod metrics;
+pub mod retry;
 pub mod shutdown;
 pub mod throttle;
 pub mod trace;

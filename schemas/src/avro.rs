@@ -30,7 +30,10 @@ pub const NORMALIZED_EVENT_SCHEMAS: &[&str] = &[
 ];
 
 /// Every released schema of the dead letter, oldest first.
-pub const DEAD_LETTER_SCHEMAS: &[&str] = &[include_str!("../avro/dead_letter.v1.avsc")];
+pub const DEAD_LETTER_SCHEMAS: &[&str] = &[
+    include_str!("../avro/dead_letter.v1.avsc"),
+    include_str!("../avro/dead_letter.v2.avsc"),
+];
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +163,8 @@ pub fn dead_letter() -> &'static Codec<DeadLetter> {
 mod tests {
     use super::*;
     use crate::records::{
-        CallAgent, CallRecord, ContactListRecord, ContactRecord, MessageRecord, Status,
+        CallAgent, CallRecord, ContactListRecord, ContactRecord, MessageRecord, Position, Stage,
+        Status,
     };
     use serde::{Deserialize, Serialize};
 
@@ -340,25 +344,89 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_round_trips() {
-        let letter = DeadLetter {
-            stage: "transform".into(),
-            reason: "call event has no usable integer id".into(),
-            event_id: "3f1c".into(),
-            tenant: "acme".into(),
-            event: "call-ended".into(),
-            source_topic: "webhooks.raw".into(),
-            source_partition: 2,
-            source_offset: 41,
-            key: "acme:event:3f1c".into(),
-            payload: b"{}".to_vec(),
-            failed_at: 1_772_460_300_123,
+    fn dead_letters_of_every_stage_round_trip() {
+        let position = Position {
+            topic: "webhooks.raw".into(),
+            partition: 2,
+            offset: 41,
         };
-        let codec = dead_letter();
-        assert_eq!(
-            codec.decode(&codec.encode(&letter).unwrap()).unwrap(),
-            letter
+        let transform = DeadLetter::of_record(
+            Stage::Transform,
+            "call event has no usable integer id",
+            &position,
+            b"acme:event:3f1c",
+            b"{}".to_vec(),
+            1_772_460_300_123,
+        )
+        .for_event("3f1c", "acme", "call-ended");
+        let ingest = DeadLetter::refused_delivery(
+            400,
+            "body is not valid JSON",
+            "acme",
+            "call-ended",
+            "203.0.113.9",
+            b"{".to_vec(),
+            77,
+            1_772_460_300_123,
         );
+        assert_eq!(
+            (
+                ingest.http_status,
+                ingest.source_addr.as_deref(),
+                ingest.key.as_str()
+            ),
+            (Some(400), Some("203.0.113.9"), "")
+        );
+        let codec = dead_letter();
+        for letter in [transform, ingest] {
+            assert_eq!(
+                codec.decode(&codec.encode(&letter).unwrap()).unwrap(),
+                letter
+            );
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_written_with_schema_v1_still_decodes() {
+        #[derive(Serialize)]
+        struct V1DeadLetter {
+            stage: String,
+            reason: String,
+            event_id: String,
+            tenant: String,
+            event: String,
+            source_topic: String,
+            source_partition: i32,
+            source_offset: i64,
+            key: String,
+            #[serde(with = "apache_avro::serde_avro_bytes")]
+            payload: Vec<u8>,
+            failed_at: i64,
+        }
+        impl<'de> Deserialize<'de> for V1DeadLetter {
+            fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                unreachable!("only written")
+            }
+        }
+        let v1 = Codec::<V1DeadLetter>::new("dead letter v1", &DEAD_LETTER_SCHEMAS[..1]);
+        let bytes = v1
+            .encode(&V1DeadLetter {
+                stage: "loader".into(),
+                reason: "refused".into(),
+                event_id: "e1".into(),
+                tenant: "acme".into(),
+                event: "call-ended".into(),
+                source_topic: "webhooks.normalized".into(),
+                source_partition: 1,
+                source_offset: 9,
+                key: "acme:call:1".into(),
+                payload: b"{}".to_vec(),
+                failed_at: 5,
+            })
+            .unwrap();
+        let letter = dead_letter().decode(&bytes).unwrap();
+        assert_eq!((letter.source_offset, letter.http_status), (9, None));
+        assert_eq!(letter.source_addr, None);
     }
 
     #[test]

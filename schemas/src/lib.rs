@@ -1,5 +1,6 @@
 //! Switchboard's shared shapes: the names of NectarDesk events, the records that travel
-//! through Kafka (with their Avro schemas and codec), and the ClickHouse migrations.
+//! through Kafka (with their Avro schemas and codec). The ClickHouse storage model is in
+//! the `warehouse` crate.
 //!
 //! This crate does no I/O and pulls in no runtime: every other crate depends on it, and it
 //! must stay cheap to build and easy to test. Anything that talks to Kafka, ClickHouse or
@@ -7,11 +8,10 @@
 
 pub mod avro;
 pub mod event;
-pub mod migrations;
 pub mod records;
 
 pub use event::{Entity, EventKind};
 pub use records::{
     CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord,
-    NormalizedEvent, RawEnvelope, Status,
+    NormalizedEvent, Position, RawEnvelope, Stage, Status,
 };

@@ -187,23 +187,125 @@ pub struct CallAgent {
     pub agent_type: String,
 }
 
-/// Something a stage could not process (topic `webhooks.dlq`).
+/// The pipeline stage that set a record aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Ingest,
+    Transform,
+    Loader,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Transform => "transform",
+            Stage::Loader => "loader",
+        }
+    }
+}
+
+/// Where a Kafka record was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Something a stage could not process (topic `webhooks.dlq`). Build it with
+/// [`DeadLetter::of_record`] or [`DeadLetter::refused_delivery`], so that every field
+/// means the same at every stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// `transform` or `loader`.
+    /// `ingest`, `transform` or `loader`.
     pub stage: String,
     pub reason: String,
-    /// Empty when the record could not be decoded.
+    /// Empty when the record could not be decoded, or the delivery had none yet.
     pub event_id: String,
     pub tenant: String,
     pub event: String,
+    /// The Kafka record set aside; empty, -1 and a unique number for a refused delivery.
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// The record's Kafka key; empty for a refused delivery.
     pub key: String,
     /// The webhook body when known, else the undecodable record as read.
     #[serde(with = "apache_avro::serde_avro_bytes")]
     pub payload: Vec<u8>,
     /// Unix milliseconds.
     pub failed_at: i64,
+    /// The HTTP status ingest answered a refused delivery with (schema v2).
+    pub http_status: Option<i32>,
+    /// Where the delivery came from, when known (schema v2).
+    pub source_addr: Option<String>,
+}
+
+impl DeadLetter {
+    /// A Kafka record that `stage` could not process, with the event it carried when
+    /// known (see [`DeadLetter::for_event`]).
+    pub fn of_record(
+        stage: Stage,
+        reason: impl Into<String>,
+        position: &Position,
+        key: &[u8],
+        payload: Vec<u8>,
+        failed_at: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            stage: stage.as_str().to_owned(),
+            reason: reason.into(),
+            event_id: String::new(),
+            tenant: String::new(),
+            event: String::new(),
+            source_topic: position.topic.clone(),
+            source_partition: position.partition,
+            source_offset: position.offset,
+            key: String::from_utf8_lossy(key).into_owned(),
+            payload,
+            failed_at,
+            http_status: None,
+            source_addr: None,
+        }
+    }
+
+    /// Names the event the record carried.
+    pub fn for_event(mut self, event_id: &str, tenant: &str, event: &str) -> DeadLetter {
+        self.event_id = event_id.to_owned();
+        self.tenant = tenant.to_owned();
+        self.event = event.to_owned();
+        self
+    }
+
+    /// A delivery ingest refused with `http_status`. It never reached Kafka, so it has
+    /// no position: `refusal` is a number unique to this refusal, which keeps it apart
+    /// from every other one in `dead_letters`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn refused_delivery(
+        http_status: u16,
+        reason: impl Into<String>,
+        tenant: &str,
+        event: &str,
+        source_addr: &str,
+        body: Vec<u8>,
+        refusal: i64,
+        failed_at: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            stage: Stage::Ingest.as_str().to_owned(),
+            reason: reason.into(),
+            event_id: String::new(),
+            tenant: tenant.to_owned(),
+            event: event.to_owned(),
+            source_topic: String::new(),
+            source_partition: -1,
+            source_offset: refusal,
+            key: String::new(),
+            payload: body,
+            failed_at,
+            http_status: Some(i32::from(http_status)),
+            source_addr: (!source_addr.is_empty()).then(|| source_addr.to_owned()),
+        }
+    }
 }

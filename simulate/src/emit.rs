@@ -6,9 +6,9 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use schemas::{DeadLetter, RawEnvelope, Status};
-use serde::Serialize;
+use schemas::{Position, RawEnvelope};
 use serde_json::Value;
+use warehouse::StoreRow;
 
 use crate::traffic::{Generator, Scenario};
 
@@ -24,56 +24,43 @@ pub fn write_rows(
 ) -> anyhow::Result<usize> {
     let mut generator = Generator::new(scenario);
     let deliveries = generator.window(start_ms, start_ms + i64::from(hours) * 3_600_000);
-    let mut tables = loader::rows::Tables::default();
+    let mut tables = warehouse::Tables::default();
     for (i, delivery) in deliveries.iter().enumerate() {
         let envelope = RawEnvelope {
-            event_id: transform::identity::event_id(tenant, delivery.event, &delivery.body),
+            event_id: normalize::identity::event_id(tenant, delivery.event, &delivery.body),
             tenant: tenant.to_owned(),
             event: delivery.event.to_owned(),
             received_at: delivery.at_ms,
             source_addr: "203.0.113.7".to_owned(),
             body: delivery.body.to_string().into_bytes(),
         };
-        let event = transform::normalize(&envelope);
-        if event.status == Status::Invalid {
-            // What transform sends to the dead-letter topic.
-            tables.add_dead_letter(DeadLetter {
-                stage: "transform".to_owned(),
-                reason: event.error.clone(),
-                event_id: event.event_id.clone(),
-                tenant: tenant.to_owned(),
-                event: event.event.clone(),
-                source_topic: "webhooks.raw".to_owned(),
-                source_partition: 0,
-                source_offset: i as i64,
-                key: String::new(),
-                payload: envelope.body.clone(),
-                failed_at: delivery.at_ms + 500,
-            });
+        let position = Position {
+            topic: "webhooks.raw".to_owned(),
+            partition: 0,
+            offset: i as i64,
+        };
+        // What transform decides for the record: the same function, the same rows.
+        let outcome = normalize::process(&envelope, &position, b"", delivery.at_ms + 500);
+        if let Some(letter) = outcome.dead_letter {
+            tables.add_dead_letter(letter);
         }
-        tables.add_event(event);
+        if let Some(event) = outcome.normalized {
+            tables.add_event(event);
+        }
     }
     fs::create_dir_all(dir)?;
-    write(dir, "raw_events_store", &tables.raw, "received_at")?;
-    write(dir, "call_events_store", &tables.calls, "received_at")?;
-    write(dir, "contact_events_store", &tables.contacts, "received_at")?;
-    write(
-        dir,
-        "contact_list_events_store",
-        &tables.contact_lists,
-        "received_at",
-    )?;
-    write(dir, "message_events_store", &tables.messages, "received_at")?;
-    write(dir, "dead_letters_store", &tables.dead_letters, "failed_at")?;
+    write(dir, &tables.raw, "received_at")?;
+    write(dir, &tables.calls, "received_at")?;
+    write(dir, &tables.contacts, "received_at")?;
+    write(dir, &tables.contact_lists, "received_at")?;
+    write(dir, &tables.messages, "received_at")?;
+    write(dir, &tables.dead_letters, "failed_at")?;
     Ok(deliveries.len())
 }
 
-fn write<T: Serialize>(
-    dir: &Path,
-    table: &str,
-    rows: &[T],
-    time_column: &str,
-) -> anyhow::Result<()> {
+/// Writes `<table>.jsonl`.
+fn write<T: StoreRow>(dir: &Path, rows: &[T], time_column: &str) -> anyhow::Result<()> {
+    let table = T::TABLE;
     let mut file = std::io::BufWriter::new(fs::File::create(dir.join(format!("{table}.jsonl")))?);
     for (i, row) in rows.iter().enumerate() {
         let mut value = serde_json::to_value(row)?;

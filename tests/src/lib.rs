@@ -114,7 +114,7 @@ pub struct Pipeline {
     pub topics: TopicArgs,
     pub kafka: KafkaArgs,
     /// Settings for the next `transform` started with [`Pipeline::start_transform`].
-    pub transform_config: transform_service::Config,
+    pub transform_config: transform::Config,
     /// Settings for the next `loader` started with [`Pipeline::start_loader`].
     pub loader_config: loader::Config,
     shutdown: CancellationToken,
@@ -162,7 +162,7 @@ impl Pipeline {
 
         let (ingest_url, ingest) = start_ingest(&kafka, &topics, &log, &ingest_options);
 
-        let transform_config = transform_service::Config {
+        let transform_config = transform::Config {
             group_id: format!("{name}-transform"),
             batch_max_messages: 500,
             delivery_timeout_ms: 30_000,
@@ -227,7 +227,7 @@ impl Pipeline {
         let stop = self.shutdown.child_token();
         let token = stop.clone();
         let task = tokio::spawn(async move {
-            transform_service::run(config, token)
+            transform::run(config, token)
                 .await
                 .map_err(|e| e.to_string())
         });

@@ -16,7 +16,7 @@ async fn a_refused_row_is_dead_lettered_and_the_rest_of_its_batch_loads() {
     pipeline
         .wait_for_rows(
             "SELECT version FROM {db}.schema_migrations",
-            schemas::migrations::MIGRATIONS.len(),
+            warehouse::migrations::MIGRATIONS.len(),
             Duration::from_secs(60),
         )
         .await

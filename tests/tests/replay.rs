@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tests::{call_step, Pipeline, Stages};
 use tokio_util::sync::CancellationToken;
-use transform_service::{ReplayArgs, Report};
+use transform::{ReplayArgs, Report};
 
 const CALLS: i64 = 10;
 const STALE_CALL: i64 = 5_000_007;
@@ -110,7 +110,7 @@ async fn replay(pipeline: &Pipeline, from: &str) -> Report {
     };
     tokio::time::timeout(
         Duration::from_secs(60),
-        transform_service::replay(&pipeline.transform_config, &args, &CancellationToken::new()),
+        transform::replay(&pipeline.transform_config, &args, &CancellationToken::new()),
     )
     .await
     .expect("the replay finishes")

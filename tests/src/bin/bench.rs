@@ -232,8 +232,8 @@ async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
     let mut deliveries = Vec::with_capacity(args.events);
     for i in 0..args.events {
         let body = call_body(&template, 10_000_000 + i as i64, args.pad_bytes);
-        let event_id = transform::identity::event_id(TENANT, "call-ended", &body);
-        let key = transform::identity::kafka_key(TENANT, "call-ended", &body, &event_id);
+        let event_id = normalize::identity::event_id(TENANT, "call-ended", &body);
+        let key = normalize::identity::kafka_key(TENANT, "call-ended", &body, &event_id);
         let envelope = RawEnvelope {
             event_id,
             tenant: TENANT.into(),
@@ -242,7 +242,7 @@ async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
             source_addr: "127.0.0.1".into(),
             body: body.to_string().into_bytes(),
         };
-        let payload = avro::normalized_event().encode(&transform::normalize(&envelope))?;
+        let payload = avro::normalized_event().encode(&normalize::normalize(&envelope))?;
         record_bytes += payload.len();
         loop {
             let record = FutureRecord::to(&topics.normalized_topic)

@@ -451,8 +451,8 @@ impl Expected {
                 source_addr: String::new(),
                 body: outcome.delivery.body.to_string().into_bytes(),
             };
-            let mut tables = loader::rows::Tables::default();
-            tables.add_event(transform::normalize(&envelope));
+            let mut tables = warehouse::Tables::default();
+            tables.add_event(normalize::normalize(&envelope));
             for row in &tables.calls {
                 expected.call_events.insert(row.event_id.clone());
                 expected.calls.insert(row.call_id);

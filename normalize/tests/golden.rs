@@ -6,9 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use normalize::{identity, normalize};
 use schemas::RawEnvelope;
 use serde_json::Value;
-use transform::{identity, normalize};
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

@@ -1,15 +1,19 @@
-//! ClickHouse rows built from normalized records: a pure mapping, one struct per storage
-//! table, fields in the order and types of `schemas/migrations/`.
+//! The rows of the storage tables: one struct per table, fields in the order and types of
+//! the table in `warehouse/migrations/`, and the pure mapping from normalized events and
+//! dead letters to rows. The loader writes these rows; the simulator and the chaos
+//! harness compute them to know what ClickHouse must hold.
 
-use clickhouse::Row;
 use serde::Serialize;
 
 use schemas::{
     CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord, NormalizedEvent,
 };
 
+use crate::table::{StoreRow, Table};
+
 /// A row of `raw_events_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct RawEventRow {
     pub event_id: String,
     pub tenant: String,
@@ -26,7 +30,8 @@ pub struct RawEventRow {
 }
 
 /// A row of `call_events_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct CallEventRow {
     pub event_id: String,
     pub tenant: String,
@@ -69,7 +74,8 @@ pub struct CallEventRow {
 }
 
 /// A row of `contact_events_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct ContactEventRow {
     pub event_id: String,
     pub tenant: String,
@@ -88,7 +94,8 @@ pub struct ContactEventRow {
 }
 
 /// A row of `contact_list_events_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct ContactListEventRow {
     pub event_id: String,
     pub tenant: String,
@@ -105,7 +112,8 @@ pub struct ContactListEventRow {
 }
 
 /// A row of `message_events_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct MessageEventRow {
     pub event_id: String,
     pub tenant: String,
@@ -127,7 +135,8 @@ pub struct MessageEventRow {
 }
 
 /// A row of `dead_letters_store`.
-#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct DeadLetterRow {
     pub stage: String,
     pub reason: String,
@@ -142,17 +151,16 @@ pub struct DeadLetterRow {
     pub payload: String,
     pub failed_at: u32,
     pub failed_at_ms: u64,
+    /// The HTTP status of a delivery ingest refused.
+    pub http_status: Option<u16>,
+    /// Where the delivery came from, when known.
+    pub source_addr: String,
 }
 
-/// The event a row belongs to, to name the row when the server refuses it.
-pub trait Keyed {
-    fn event_id(&self) -> &str;
-    fn tenant(&self) -> &str;
-}
-
-macro_rules! keyed {
-    ($($row:ty),*) => {$(
-        impl Keyed for $row {
+macro_rules! store_row {
+    ($($row:ty => $table:expr),* $(,)?) => {$(
+        impl StoreRow for $row {
+            const TABLE: Table = $table;
             fn event_id(&self) -> &str {
                 &self.event_id
             }
@@ -163,17 +171,17 @@ macro_rules! keyed {
     )*};
 }
 
-keyed!(
-    RawEventRow,
-    CallEventRow,
-    ContactEventRow,
-    ContactListEventRow,
-    MessageEventRow,
-    DeadLetterRow
+store_row!(
+    RawEventRow => Table::RawEvents,
+    CallEventRow => Table::CallEvents,
+    ContactEventRow => Table::ContactEvents,
+    ContactListEventRow => Table::ContactListEvents,
+    MessageEventRow => Table::MessageEvents,
+    DeadLetterRow => Table::DeadLetters,
 );
 
 /// Rows waiting to be written, one list per storage table.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Tables {
     pub raw: Vec<RawEventRow>,
     pub calls: Vec<CallEventRow>,
@@ -193,6 +201,26 @@ struct Origin {
 }
 
 impl Tables {
+    /// How many rows each table gets, in the order of [`Table::ALL`].
+    pub fn counts(&self) -> [(Table, usize); Table::ALL.len()] {
+        Table::ALL.map(|table| {
+            let rows = match table {
+                Table::RawEvents => self.raw.len(),
+                Table::CallEvents => self.calls.len(),
+                Table::ContactEvents => self.contacts.len(),
+                Table::ContactListEvents => self.contact_lists.len(),
+                Table::MessageEvents => self.messages.len(),
+                Table::DeadLetters => self.dead_letters.len(),
+            };
+            (table, rows)
+        })
+    }
+
+    /// Whether no table has a row.
+    pub fn is_empty(&self) -> bool {
+        self.counts().iter().all(|(_, rows)| *rows == 0)
+    }
+
     /// Adds the rows of one event and returns roughly how many bytes they take. Every
     /// event gets a `raw_events` row, whatever its status.
     pub fn add_event(&mut self, event: NormalizedEvent) -> usize {
@@ -252,6 +280,8 @@ impl Tables {
             payload: String::from_utf8_lossy(&letter.payload).into_owned(),
             failed_at: seconds(letter.failed_at).unwrap_or_default(),
             failed_at_ms: u64::try_from(letter.failed_at).unwrap_or_default(),
+            http_status: letter.http_status.and_then(|s| u16::try_from(s).ok()),
+            source_addr: letter.source_addr.unwrap_or_default(),
         });
         bytes
     }
@@ -369,7 +399,7 @@ fn seconds(ms: i64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::{CallAgent, Status};
+    use schemas::{CallAgent, Position, Stage, Status};
 
     fn event() -> NormalizedEvent {
         NormalizedEvent {
@@ -467,24 +497,45 @@ mod tests {
         });
         let mut tables = Tables::default();
         tables.add_event(e);
-        tables.add_dead_letter(DeadLetter {
-            stage: "transform".into(),
-            reason: "no id".into(),
-            event_id: "e2".into(),
-            tenant: "acme".into(),
-            event: "call-ended".into(),
-            source_topic: "webhooks.raw".into(),
-            source_partition: 1,
-            source_offset: 5,
-            key: "k".into(),
-            payload: vec![0xff, b'{'],
-            failed_at: 2_500,
-        });
+        tables.add_dead_letter(
+            DeadLetter::of_record(
+                Stage::Transform,
+                "no id",
+                &Position {
+                    topic: "webhooks.raw".into(),
+                    partition: 1,
+                    offset: 5,
+                },
+                b"k",
+                vec![0xff, b'{'],
+                2_500,
+            )
+            .for_event("e2", "acme", "call-ended"),
+        );
+        tables.add_dead_letter(DeadLetter::refused_delivery(
+            413,
+            "too large",
+            "acme",
+            "",
+            "203.0.113.9",
+            Vec::new(),
+            1,
+            3_000,
+        ));
         assert_eq!(tables.contact_lists[0].member_ids, [1, 2]);
         assert_eq!(tables.messages[0].sent_at, Some(1));
         let letter = &tables.dead_letters[0];
         assert_eq!((letter.failed_at, letter.failed_at_ms), (2, 2_500));
         assert_eq!(letter.payload, "\u{fffd}{");
+        assert_eq!(
+            (letter.http_status, letter.source_addr.as_str()),
+            (None, "")
+        );
+        let refused = &tables.dead_letters[1];
+        assert_eq!(
+            (refused.http_status, refused.source_addr.as_str()),
+            (Some(413), "203.0.113.9")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use schemas::EventKind;
 
+use crate::entity::entity_ref;
 use crate::lenient;
 
 /// A stable id for one delivery: the first 128 bits of SHA-256 over tenant, slug and the
@@ -26,9 +27,10 @@ pub fn event_id(tenant: &str, event: &str, body: &Value) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
-/// The entity id of a body: its top-level `id`, as an integer when it is one (also when
-/// sent as a string), else as the trimmed string; `None` when absent or unusable.
-pub fn entity_id(body: &Value) -> Option<String> {
+/// The top-level `id` of a body whose event is not recognized (so its entity is not
+/// known): as an integer when it is one (also when sent as a string), else as the
+/// trimmed string; `None` when absent or unusable.
+pub(crate) fn top_level_id(body: &Value) -> Option<String> {
     let id = body.get("id")?;
     if let Some(n) = lenient::int(id) {
         return Some(n.to_string());
@@ -37,12 +39,13 @@ pub fn entity_id(body: &Value) -> Option<String> {
     (!s.is_empty() && s.len() <= 128).then_some(s)
 }
 
-/// The Kafka key `{tenant}:{entity}:{id}`, or `{tenant}:event:{event_id}` when the event
-/// is not recognized or the body has no usable id.
+/// The Kafka key `{tenant}:{entity}:{id}`, with the entity and id the normalizer will
+/// find ([`entity_ref`]), or `{tenant}:event:{event_id}` when the event is not
+/// recognized or the body has no usable id.
 pub fn kafka_key(tenant: &str, event: &str, body: &Value, event_id: &str) -> String {
-    match (EventKind::from_slug(event), entity_id(body)) {
-        (Some(kind), Some(id)) => format!("{tenant}:{}:{id}", kind.entity().as_str()),
-        _ => format!("{tenant}:event:{event_id}"),
+    match EventKind::from_slug(event).and_then(|kind| entity_ref(kind, body)) {
+        Some((entity, id)) => format!("{tenant}:{}:{id}", entity.as_str()),
+        None => format!("{tenant}:event:{event_id}"),
     }
 }
 

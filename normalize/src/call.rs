@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use schemas::{CallAgent, CallRecord, ContactRecord, EventKind};
 
 use crate::contact::read_contact;
+use crate::entity::call_id;
 use crate::lenient::{
     field, flag, instant, int, items, non_negative, object, objects, string, strings,
 };
@@ -15,7 +16,7 @@ pub(crate) fn read(
     kind: EventKind,
     c: &Map<String, Value>,
 ) -> Option<(CallRecord, Option<ContactRecord>)> {
-    let call_id = int(field(c, "id"))?;
+    let call_id = call_id(c)?;
     let started = instant(field(c, "startedDate"));
     let ended = instant(field(c, "endedDate"));
     let empty = Map::new();

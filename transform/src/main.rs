@@ -1,17 +1,17 @@
 use anyhow::Context;
 use clap::Parser;
-use transform_service::Command;
+use transform::Command;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = transform_service::Config::parse();
+    let config = transform::Config::parse();
     let _telemetry = runtime::logging::init(&config.log, "transform");
     config.validate().context("invalid configuration")?;
     let shutdown = runtime::shutdown::on_signal();
     match &config.command {
-        None => transform_service::run(config, shutdown).await?,
+        None => transform::run(config, shutdown).await?,
         Some(Command::Replay(args)) => {
-            let report = transform_service::replay(&config, args, &shutdown).await?;
+            let report = transform::replay(&config, args, &shutdown).await?;
             println!(
                 "replayed {} raw records from {} partitions of {}: {} normalized, {} dead-lettered{}",
                 report.read,

@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::{await_deliveries, enqueue, route, Config, RunError};
+use crate::{await_deliveries, enqueue, position, route, Config, RunError};
 
 /// Settings of `transform replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -149,9 +149,7 @@ pub async fn replay(
             let traceparent = runtime::trace::traceparent(&span);
             for output in route(
                 &config.topics,
-                message.topic(),
-                partition,
-                offset,
+                &position(&message),
                 message.key(),
                 message.payload().unwrap_or_default(),
                 runtime::now_ms(),

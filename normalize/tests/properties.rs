@@ -1,10 +1,10 @@
 //! Properties of normalization on arbitrary input: it never panics, it is deterministic,
 //! it keeps the payload, and what it calls normalized has an entity id.
 
+use normalize::normalize;
 use proptest::prelude::*;
 use schemas::{EventKind, RawEnvelope, Status};
 use serde_json::{Map, Number, Value};
-use transform::normalize;
 
 fn json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use schemas::{Entity, EventKind, NormalizedEvent, RawEnvelope, Status};
 
-use crate::identity::entity_id;
+use crate::entity::Target;
+use crate::identity::top_level_id;
 use crate::{call, contact, message};
 
 /// Normalizes one delivery. Never fails and never panics: an event that cannot be
@@ -38,7 +39,7 @@ pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
     };
     let Some(kind) = kind else {
         out.status = Status::Unrecognized;
-        out.entity_id = entity_id(&body).unwrap_or_default();
+        out.entity_id = top_level_id(&body).unwrap_or_default();
         out.error = if envelope.event.is_empty() {
             "the delivery named no event".to_owned()
         } else {
@@ -46,48 +47,44 @@ pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
         };
         return out;
     };
-    let entity = kind.entity();
     let Some(fields) = body.as_object() else {
         return invalid(
             out,
             format!("body is a JSON {}, expected an object", type_name(&body)),
         );
     };
+    // The same reader gives the Kafka key (see `identity::kafka_key`).
+    let target = Target::of(kind, fields);
+    let entity = target.entity;
+    let Some(id) = target.id() else {
+        let what = if entity == Entity::Message {
+            "id"
+        } else {
+            "integer id"
+        };
+        return invalid(
+            out,
+            format!("{} event has no usable {what}", entity.as_str()),
+        );
+    };
+    out.entity_id = id.to_string();
+    let object = target.object;
     let found = match entity {
-        Entity::Call => call::read(kind, fields).map(|(record, contact)| {
-            out.entity_id = record.call_id.to_string();
+        Entity::Call => call::read(kind, object).map(|(record, contact)| {
             out.call = Some(record);
             out.contact = contact;
         }),
-        Entity::Contact => {
-            contact::read_contact(contact::unwrap(fields, "contact")).map(|record| {
-                out.entity_id = record.contact_id.to_string();
-                out.contact = Some(record);
-            })
+        Entity::Contact => contact::read_contact(object).map(|record| out.contact = Some(record)),
+        Entity::ContactList => {
+            contact::read_list(object).map(|record| out.contact_list = Some(record))
         }
-        Entity::ContactList => contact::read_list(contact::unwrap(fields, "list")).map(|record| {
-            out.entity_id = record.list_id.to_string();
-            out.contact_list = Some(record);
-        }),
-        Entity::Message => message::read(kind, message::unwrap(fields)).map(|record| {
-            out.entity_id = record.message_id.clone();
-            out.message = Some(record);
-        }),
+        Entity::Message => message::read(kind, object).map(|record| out.message = Some(record)),
     };
-    match found {
-        Some(()) => out,
-        None => {
-            let what = if entity == Entity::Message {
-                "id"
-            } else {
-                "integer id"
-            };
-            invalid(
-                out,
-                format!("{} event has no usable {what}", entity.as_str()),
-            )
-        }
-    }
+    debug_assert!(
+        found.is_some(),
+        "a reader refused an entity with a usable id"
+    );
+    out
 }
 
 fn invalid(mut out: NormalizedEvent, error: String) -> NormalizedEvent {

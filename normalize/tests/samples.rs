@@ -1,7 +1,7 @@
 //! The shared NectarDesk samples (`../shared/nectardesk/samples`), normalized.
 
+use normalize::normalize;
 use schemas::{RawEnvelope, Status};
-use transform::normalize;
 
 fn envelope(event: &str, body: &str) -> RawEnvelope {
     RawEnvelope {

@@ -5,25 +5,12 @@ use serde_json::{Map, Value};
 
 use schemas::{EventKind, MessageRecord};
 
+use crate::entity::message_id;
 use crate::lenient::{field, first, instant, int, object, string};
-
-/// The object to read: the body, or the message it wraps (`{"message": {...}}`) when
-/// the body has no `id` of its own.
-pub(crate) fn unwrap(body: &Map<String, Value>) -> &Map<String, Value> {
-    if body.contains_key("id") {
-        return body;
-    }
-    object(field(body, "message"))
-        .or_else(|| object(field(body, "data")))
-        .unwrap_or(body)
-}
 
 /// A message; `None` without a usable id (any non-empty string or number).
 pub(crate) fn read(kind: EventKind, m: &Map<String, Value>) -> Option<MessageRecord> {
-    let message_id = string(first(m, &["id", "messageId", "message_id", "sid", "uuid"]));
-    if message_id.is_empty() || message_id.len() > 128 {
-        return None;
-    }
+    let message_id = message_id(m)?;
     let sent = instant(first(
         m,
         &[
@@ -102,7 +89,10 @@ mod tests {
     use serde_json::json;
 
     fn message(kind: EventKind, body: Value) -> Option<MessageRecord> {
-        read(kind, unwrap(body.as_object().unwrap()))
+        read(
+            kind,
+            crate::entity::Target::of(kind, body.as_object().unwrap()).object,
+        )
     }
 
     #[test]

@@ -6,22 +6,12 @@ use serde_json::{Map, Value};
 
 use schemas::{ContactListRecord, ContactRecord};
 
+use crate::entity::{contact_id, list_id};
 use crate::lenient::{field, first, instant, int, items, non_negative, object, string};
-
-/// The object to read: the body itself, or the object under `wrapper` when the body
-/// has no `id` of its own but wraps the entity (`{"contact": {...}}`).
-pub(crate) fn unwrap<'a>(body: &'a Map<String, Value>, wrapper: &str) -> &'a Map<String, Value> {
-    if body.contains_key("id") {
-        return body;
-    }
-    object(field(body, wrapper))
-        .or_else(|| object(field(body, "data")))
-        .unwrap_or(body)
-}
 
 /// A contact; `None` without a usable integer id.
 pub(crate) fn read_contact(c: &Map<String, Value>) -> Option<ContactRecord> {
-    let contact_id = int(first(c, &["id", "contactId", "contact_id"]))?;
+    let contact_id = contact_id(c)?;
     let created = instant(first(
         c,
         &["createDate", "createdDate", "createdAt", "created_at"],
@@ -47,7 +37,7 @@ pub(crate) fn read_contact(c: &Map<String, Value>) -> Option<ContactRecord> {
 
 /// A contact list; `None` without a usable integer id.
 pub(crate) fn read_list(l: &Map<String, Value>) -> Option<ContactListRecord> {
-    let list_id = int(first(l, &["id", "listId", "list_id", "contactListId"]))?;
+    let list_id = list_id(l)?;
     let created = instant(first(
         l,
         &["createDate", "createdDate", "createdAt", "created_at"],
@@ -104,12 +94,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::entity::Target;
+    use schemas::EventKind;
+
     fn contact(body: Value) -> Option<ContactRecord> {
-        read_contact(unwrap(body.as_object().unwrap(), "contact"))
+        read_contact(Target::of(EventKind::ContactCreated, body.as_object().unwrap()).object)
     }
 
     fn list(body: Value) -> Option<ContactListRecord> {
-        read_list(unwrap(body.as_object().unwrap(), "list"))
+        read_list(Target::of(EventKind::ContactListCreated, body.as_object().unwrap()).object)
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! Where the outcome of one raw record goes (decided by the pure `normalize` crate): the
+//! normalized event to `webhooks.normalized`, a dead letter to `webhooks.dlq`, both under
+//! the raw record's key so one entity's records stay in one partition.
+
+use runtime::TopicArgs;
+use schemas::Position;
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// The records to produce for the raw record `payload` read at `position`.
+pub fn route(
+    topics: &TopicArgs,
+    position: &Position,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    now_ms: i64,
+) -> Vec<Output> {
+    let key = key.unwrap_or_default();
+    let encoded =
+        normalize::process_record(payload, position, key, now_ms).encode(position, key, now_ms);
+    [
+        (&topics.normalized_topic, encoded.normalized),
+        (&topics.dlq_topic, encoded.dead_letter),
+    ]
+    .into_iter()
+    .filter_map(|(topic, payload)| {
+        Some(Output {
+            topic: topic.clone(),
+            key: key.to_vec(),
+            payload: payload?,
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{avro, RawEnvelope};
+
+    fn topics() -> TopicArgs {
+        TopicArgs {
+            raw_topic: "raw".into(),
+            normalized_topic: "normalized".into(),
+            dlq_topic: "dlq".into(),
+        }
+    }
+
+    fn raw(event: &str, body: &str) -> Vec<u8> {
+        avro::raw_envelope()
+            .encode(&RawEnvelope {
+                event_id: "e1".into(),
+                tenant: "acme".into(),
+                event: event.into(),
+                received_at: 1_000,
+                source_addr: "127.0.0.1".into(),
+                body: body.as_bytes().to_vec(),
+            })
+            .unwrap()
+    }
+
+    fn position() -> Position {
+        Position {
+            topic: "raw".into(),
+            partition: 0,
+            offset: 7,
+        }
+    }
+
+    #[test]
+    fn outputs_go_to_their_topics_under_the_raw_key() {
+        let call = route(
+            &topics(),
+            &position(),
+            Some(b"acme:call:1"),
+            &raw("call-ended", r#"{"id": 1}"#),
+            5,
+        );
+        let topics_of = |outputs: &[Output]| -> Vec<String> {
+            outputs.iter().map(|o| o.topic.clone()).collect()
+        };
+        assert_eq!(topics_of(&call), ["normalized"]);
+        assert_eq!(call[0].key, b"acme:call:1");
+        let invalid = route(
+            &topics(),
+            &position(),
+            Some(b"k"),
+            &raw("call-ended", "[]"),
+            5,
+        );
+        assert_eq!(topics_of(&invalid), ["normalized", "dlq"]);
+        assert!(invalid.iter().all(|o| o.key == b"k"));
+        let undecodable = route(&topics(), &position(), None, b"junk", 5);
+        assert_eq!(topics_of(&undecodable), ["dlq"]);
+    }
+}

@@ -1,0 +1,70 @@
+//! The storage tables, listed once. Everything that names a table (the loader's inserts,
+//! its metrics labels, the simulator's files) takes the name from here.
+
+/// A storage table the loader writes (`*_store`); analysts read the views over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    RawEvents,
+    CallEvents,
+    ContactEvents,
+    ContactListEvents,
+    MessageEvents,
+    DeadLetters,
+}
+
+impl Table {
+    /// Every storage table.
+    pub const ALL: [Table; 6] = [
+        Table::RawEvents,
+        Table::CallEvents,
+        Table::ContactEvents,
+        Table::ContactListEvents,
+        Table::MessageEvents,
+        Table::DeadLetters,
+    ];
+
+    /// The table's name in ClickHouse (also the `table` label of the loader's metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::RawEvents => "raw_events_store",
+            Table::CallEvents => "call_events_store",
+            Table::ContactEvents => "contact_events_store",
+            Table::ContactListEvents => "contact_list_events_store",
+            Table::MessageEvents => "message_events_store",
+            Table::DeadLetters => "dead_letters_store",
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A row of one storage table: the table it goes to, and the event it belongs to (to
+/// name the row when the server refuses it).
+pub trait StoreRow: serde::Serialize {
+    const TABLE: Table;
+    fn event_id(&self) -> &str;
+    fn tenant(&self) -> &str;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_creates_the_tables_listed_here() {
+        let ddl: String = crate::migrations::MIGRATIONS
+            .iter()
+            .flat_map(|m| m.statements("db"))
+            .collect();
+        for table in Table::ALL {
+            assert!(
+                ddl.contains(&format!("CREATE TABLE IF NOT EXISTS db.{table}")),
+                "{table} is not created by any migration"
+            );
+        }
+    }
+}
