@@ -15,8 +15,25 @@ pub struct Access {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// A comma-separated list of CIDRs or plain addresses, as a setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks(pub Vec<IpNet>);
+
+/// An entry of a network list that is neither a CIDR nor an address.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("entry {0:?} is not a CIDR (like 10.0.0.0/8) or an address")]
+pub struct BadNetwork(pub String);
+
+impl std::str::FromStr for Networks {
+    type Err = BadNetwork;
+
+    fn from_str(text: &str) -> Result<Networks, BadNetwork> {
+        parse_networks(text).map(Networks)
+    }
+}
+
 /// Parses a comma-separated list of CIDRs or plain addresses; names the bad entry.
-pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, String> {
+pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, BadNetwork> {
     text.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -24,7 +41,7 @@ pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, String> {
             entry
                 .parse::<IpNet>()
                 .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| entry.to_owned())
+                .map_err(|_| BadNetwork(entry.to_owned()))
         })
         .collect()
 }
@@ -79,11 +96,11 @@ mod tests {
         assert_eq!(parse_networks("").unwrap(), vec![]);
         assert_eq!(
             parse_networks("10.0.0.0/8,10.0.0.0/33"),
-            Err("10.0.0.0/33".into())
+            Err(BadNetwork("10.0.0.0/33".into()))
         );
         assert_eq!(
             parse_networks("nectardesk.com"),
-            Err("nectardesk.com".into())
+            Err(BadNetwork("nectardesk.com".into()))
         );
     }
 

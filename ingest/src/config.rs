@@ -4,6 +4,8 @@ use std::collections::HashSet;
 use std::str::FromStr;
 
 use runtime::{KafkaArgs, LogArgs, TopicArgs};
+
+use crate::access::{Access, Networks};
 use subtle::ConstantTimeEq;
 
 /// Settings of the `ingest` binary.
@@ -40,16 +42,19 @@ pub struct Config {
 pub struct HttpArgs {
     /// Largest accepted request body; larger ones are answered 413. Keep it well under
     /// the topic's `max.message.bytes` (1 MB by default).
-    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 524_288)]
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 524_288,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..))]
     pub max_body_bytes: usize,
     /// How long to wait for Kafka to acknowledge (acks=all) before answering 503.
-    #[arg(long, env = "INGEST_PRODUCE_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "INGEST_PRODUCE_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub produce_timeout_ms: u64,
     /// The `Retry-After` value sent with every 503.
     #[arg(long, env = "INGEST_RETRY_AFTER_S", default_value_t = 2)]
     pub retry_after_s: u32,
     /// Deepest JSON nesting accepted; deeper bodies are answered 400.
-    #[arg(long, env = "INGEST_MAX_JSON_DEPTH", default_value_t = 64)]
+    #[arg(long, env = "INGEST_MAX_JSON_DEPTH", default_value_t = 64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=128))]
     pub max_json_depth: usize,
     /// How long a body may take to arrive once the headers are in; a slower one is
     /// answered 503 (the sender retries). Slow headers are for the reverse proxy in front:
@@ -58,7 +63,8 @@ pub struct HttpArgs {
     #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
     /// Deliveries handled at once; more are answered 503 at once (overload).
-    #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096)]
+    #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_in_flight: usize,
 }
 
@@ -67,10 +73,10 @@ pub struct HttpArgs {
 pub struct AccessArgs {
     /// Networks allowed to deliver (CIDRs or addresses, comma-separated); empty allows all.
     #[arg(long, env = "INGEST_ALLOWED_CIDRS", default_value = "")]
-    pub allowed_cidrs: String,
+    pub allowed_cidrs: Networks,
     /// Proxies whose `X-Forwarded-For` is believed (CIDRs or addresses); empty trusts none.
     #[arg(long, env = "INGEST_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: String,
+    pub trusted_proxies: Networks,
     /// Refused deliveries recorded per second in the dead-letter topic (all are counted).
     #[arg(long, env = "INGEST_RECORD_REJECTIONS_PER_S", default_value_t = 20)]
     pub record_rejections_per_s: u32,
@@ -87,8 +93,31 @@ pub struct SpoolArgs {
     pub spool_max_bytes: u64,
     /// Where accepted deliveries go: `kafka` (with the spool as fallback). `spool` and
     /// `discard` exist for the load benchmark only: `discard` keeps nothing.
-    #[arg(long, env = "INGEST_SINK", default_value = "kafka", value_parser = ["kafka", "spool", "discard"])]
-    pub sink: String,
+    #[arg(long, env = "INGEST_SINK", value_enum, default_value = "kafka")]
+    pub sink: Sink,
+}
+
+/// Where accepted deliveries go.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sink {
+    /// Kafka, with the spool (when configured) for what Kafka does not take in time.
+    #[default]
+    Kafka,
+    /// The spool only, never drained (load benchmark).
+    Spool,
+    /// Nowhere: accepted and forgotten (load benchmark).
+    Discard,
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Sink::Kafka => "kafka",
+            Sink::Spool => "spool",
+            Sink::Discard => "discard",
+        };
+        f.write_str(name)
+    }
 }
 
 /// A configuration mistake, reported at start.
@@ -104,67 +133,28 @@ pub enum ConfigError {
     WeakToken(usize),
     #[error("INGEST_TOKENS token #{0} is listed twice")]
     DuplicateToken(usize),
-    #[error("INGEST_MAX_BODY_BYTES must be at least 1024, got {0}")]
-    BodyLimitTooSmall(usize),
-    #[error("INGEST_PRODUCE_TIMEOUT_MS must be from 100 to 300000, got {0}")]
-    BadProduceTimeout(u64),
-    #[error("{0} entry {1:?} is not a CIDR (like 10.0.0.0/8) or an address")]
-    BadNetwork(&'static str, String),
-    #[error("INGEST_MAX_JSON_DEPTH must be from 2 to 128, got {0}")]
-    BadDepth(usize),
-    #[error("INGEST_MAX_IN_FLIGHT must be at least 1, got {0}")]
-    BadInFlight(usize),
     #[error("INGEST_SINK=spool needs INGEST_SPOOL_DIR")]
     SpoolSinkWithoutDir,
-    #[error(transparent)]
-    Kafka(#[from] runtime::kafka::KafkaConfigError),
-    #[error(transparent)]
-    Log(#[from] runtime::logging::LogConfigError),
 }
 
 impl Config {
-    /// Checks everything that can be checked before binding a port.
+    /// Checks the rules that span several settings (each setting is checked as it is
+    /// parsed).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.http.validate()?;
-        self.access.access()?;
-        if self.spool.sink == "spool" && self.spool.spool_dir.is_none() {
+        if self.spool.sink == Sink::Spool && self.spool.spool_dir.is_none() {
             return Err(ConfigError::SpoolSinkWithoutDir);
-        }
-        self.kafka.validate()?;
-        self.log.validate()?;
-        self.topics.validate()?;
-        Ok(())
-    }
-}
-
-impl HttpArgs {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_body_bytes < 1024 {
-            return Err(ConfigError::BodyLimitTooSmall(self.max_body_bytes));
-        }
-        if !(100..=300_000).contains(&self.produce_timeout_ms) {
-            return Err(ConfigError::BadProduceTimeout(self.produce_timeout_ms));
-        }
-        if !(2..=128).contains(&self.max_json_depth) {
-            return Err(ConfigError::BadDepth(self.max_json_depth));
-        }
-        if self.max_in_flight == 0 {
-            return Err(ConfigError::BadInFlight(0));
         }
         Ok(())
     }
 }
 
 impl AccessArgs {
-    /// The parsed rules; names the entry that is not a network.
-    pub fn access(&self) -> Result<crate::access::Access, ConfigError> {
-        use crate::access::parse_networks;
-        Ok(crate::access::Access {
-            allowed: parse_networks(&self.allowed_cidrs)
-                .map_err(|e| ConfigError::BadNetwork("INGEST_ALLOWED_CIDRS", e))?,
-            trusted_proxies: parse_networks(&self.trusted_proxies)
-                .map_err(|e| ConfigError::BadNetwork("INGEST_TRUSTED_PROXIES", e))?,
-        })
+    /// The source-address rules.
+    pub fn access(&self) -> Access {
+        Access {
+            allowed: self.allowed_cidrs.0.clone(),
+            trusted_proxies: self.trusted_proxies.0.clone(),
+        }
     }
 }
 
@@ -250,6 +240,7 @@ impl FromStr for Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     const A: &str = "tok_acme_0123456789";
     const B: &str = "tok_acme_rotated_99";
@@ -296,24 +287,45 @@ mod tests {
         assert!(shown.contains("acme") && !shown.contains(A), "{shown}");
     }
 
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let base = ["ingest", "--tokens", "acme=tok_acme_0123456789"];
+        Config::try_parse_from(base.iter().chain(args)).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn rejects_limits_that_cannot_work() {
-        let http = |max_body_bytes, produce_timeout_ms| HttpArgs {
-            max_body_bytes,
-            produce_timeout_ms,
-            retry_after_s: 2,
-            max_json_depth: 64,
-            body_timeout_ms: 10_000,
-            max_in_flight: 16,
-        };
-        assert_eq!(http(1_048_576, 5_000).validate(), Ok(()));
-        assert_eq!(
-            http(10, 5_000).validate(),
-            Err(ConfigError::BodyLimitTooSmall(10))
+        let config = parse(&["--max-body-bytes", "1048576"]).unwrap();
+        assert_eq!(config.http.max_body_bytes, 1_048_576);
+        for (flag, value) in [
+            ("--max-body-bytes", "10"),
+            ("--produce-timeout-ms", "0"),
+            ("--max-json-depth", "1"),
+            ("--max-in-flight", "0"),
+        ] {
+            let error = parse(&[flag, value]).unwrap_err();
+            assert!(error.contains(flag), "{flag}: {error}");
+        }
+    }
+
+    #[test]
+    fn names_the_network_entry_that_is_wrong() {
+        let error = parse(&["--allowed-cidrs", "10.0.0.0/8,10.0.0.0/33"]).unwrap_err();
+        assert!(
+            error.contains("--allowed-cidrs") && error.contains("\"10.0.0.0/33\""),
+            "{error}"
         );
-        assert_eq!(
-            http(4096, 0).validate(),
-            Err(ConfigError::BadProduceTimeout(0))
-        );
+        let config = parse(&["--trusted-proxies", "10.0.0.0/8, ::1"]).unwrap();
+        assert_eq!(config.access.access().trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn the_spool_sink_needs_a_spool_directory() {
+        let config = parse(&["--sink", "spool"]).unwrap();
+        assert_eq!(config.validate(), Err(ConfigError::SpoolSinkWithoutDir));
+        assert!(parse(&["--sink", "nowhere"])
+            .unwrap_err()
+            .contains("--sink"));
+        let config = parse(&["--sink", "spool", "--spool-dir", "/tmp/s"]).unwrap();
+        assert_eq!(config.validate(), Ok(()));
     }
 }

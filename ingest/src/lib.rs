@@ -25,6 +25,7 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use config::Sink;
 use metrics::Metrics;
 use publisher::{
     DiscardPublisher, DurablePublisher, KafkaPublisher, Publisher, SpoolOnlyPublisher,
@@ -40,8 +41,6 @@ pub enum RunError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("invalid configuration: {0}")]
-    Config(#[from] config::ConfigError),
     #[error("http server failed: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -62,9 +61,9 @@ pub async fn run(
     };
     let draining = CancellationToken::new();
     let mut kafka_publisher = None;
-    let publisher: Arc<dyn Publisher> = match (config.spool.sink.as_str(), &spool) {
-        ("discard", _) => Arc::new(DiscardPublisher),
-        ("spool", Some(spool)) => Arc::new(SpoolOnlyPublisher(spool.clone())),
+    let publisher: Arc<dyn Publisher> = match (config.spool.sink, &spool) {
+        (Sink::Discard, _) => Arc::new(DiscardPublisher),
+        (Sink::Spool, Some(spool)) => Arc::new(SpoolOnlyPublisher(spool.clone())),
         (_, spool) => {
             // Never wait for Kafka to start: the spool (or a 503) covers its absence.
             let raw_topic = [config.topics.raw_topic.as_str()];
@@ -100,8 +99,8 @@ pub async fn run(
             }
         }
     };
-    let dlq = match config.spool.sink.as_str() {
-        "kafka" => Some((
+    let dlq = match config.spool.sink {
+        Sink::Kafka => Some((
             config.kafka.reliable_producer(Duration::from_secs(30))?,
             config.topics.dlq_topic.clone(),
         )),
@@ -114,7 +113,7 @@ pub async fn run(
             config.access.record_rejections_per_s,
         )),
         metrics,
-        access: config.access.access()?,
+        access: config.access.access(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.http.max_in_flight)),
         tokens: config.tokens.clone(),
         http: config.http.clone(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use runtime::retry::Backoff;
 use runtime::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -174,7 +175,8 @@ impl DurablePublisher {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = Duration::from_millis(200);
+        const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut failures = 0;
         while !shutdown.is_cancelled() {
             metrics.spool(spool.events(), spool.bytes());
             let entries = match spool.oldest(500) {
@@ -187,7 +189,8 @@ impl DurablePublisher {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::error!(error = %e, "Reading the spool failed");
-                    tokio::time::sleep(backoff).await;
+                    failures += 1;
+                    RETRY.wait(failures, &shutdown).await;
                     continue;
                 }
             };
@@ -207,13 +210,12 @@ impl DurablePublisher {
             }
             if acked < entries.len() {
                 tracing::warn!(waiting = spool.events(), "Kafka unavailable; spool kept");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                failures += 1;
+                if !RETRY.wait(failures, &shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             } else {
-                backoff = Duration::from_millis(200);
+                failures = 0;
             }
         }
         metrics.spool(spool.events(), spool.bytes());

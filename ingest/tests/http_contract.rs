@@ -43,21 +43,28 @@ impl Publisher for Recorder {
     }
 }
 
+/// Small limits, so that each one is easy to cross.
+fn config() -> ingest::Config {
+    use clap::Parser;
+    ingest::Config::try_parse_from([
+        "ingest".to_owned(),
+        format!("--tokens=acme={TOKEN},acme={OLD_TOKEN}"),
+        "--max-body-bytes=4096".into(),
+        "--produce-timeout-ms=1000".into(),
+        "--retry-after-s=3".into(),
+        "--max-json-depth=8".into(),
+        "--body-timeout-ms=1000".into(),
+        "--max-in-flight=1".into(),
+    ])
+    .unwrap()
+}
+
 fn http() -> HttpArgs {
-    HttpArgs {
-        max_body_bytes: 4096,
-        produce_timeout_ms: 1000,
-        retry_after_s: 3,
-        max_json_depth: 8,
-        body_timeout_ms: 1000,
-        max_in_flight: 1,
-    }
+    config().http
 }
 
 fn tokens() -> Tokens {
-    format!("acme={TOKEN},acme={OLD_TOKEN}")
-        .parse::<Tokens>()
-        .unwrap()
+    config().tokens
 }
 
 fn state(publisher: Arc<Recorder>) -> web::Data<State> {

@@ -16,7 +16,8 @@ use crate::batch::FlushPolicy;
 )]
 pub struct Config {
     /// Consumer group; every instance of the service shares it.
-    #[arg(long, env = "LOADER_GROUP_ID", default_value = "switchboard-loader")]
+    #[arg(long, env = "LOADER_GROUP_ID", default_value = "switchboard-loader",
+          value_parser = runtime::kafka::group_id)]
     pub group_id: String,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
@@ -45,14 +46,16 @@ pub struct ClickHouseArgs {
     #[arg(
         long = "clickhouse-url",
         env = "CLICKHOUSE_URL",
-        default_value = "http://127.0.0.1:18123"
+        default_value = "http://127.0.0.1:18123",
+        value_parser = http_url
     )]
     pub url: String,
     /// Database the tables live in; created at start if missing.
     #[arg(
         long = "clickhouse-database",
         env = "CLICKHOUSE_DATABASE",
-        default_value = "switchboard"
+        default_value = "switchboard",
+        value_parser = database_name
     )]
     pub database: String,
     #[arg(
@@ -116,13 +119,16 @@ impl Switch {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchArgs {
     /// Write once this many events are pending.
-    #[arg(long, env = "LOADER_BATCH_MAX_ROWS", default_value_t = 10_000)]
+    #[arg(long, env = "LOADER_BATCH_MAX_ROWS", default_value_t = 10_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub batch_max_rows: usize,
     /// Write once the pending rows take about this many bytes.
-    #[arg(long, env = "LOADER_BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env = "LOADER_BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1 << 30))]
     pub batch_max_bytes: usize,
     /// Write once the oldest pending event has waited this long.
-    #[arg(long, env = "LOADER_BATCH_MAX_AGE_MS", default_value_t = 1_000)]
+    #[arg(long, env = "LOADER_BATCH_MAX_AGE_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub batch_max_age_ms: u64,
 }
 
@@ -136,83 +142,40 @@ impl BatchArgs {
     }
 }
 
-/// A configuration mistake, reported at start.
+/// A ClickHouse setting that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("LOADER_GROUP_ID must not be empty")]
-    EmptyGroup,
-    #[error("CLICKHOUSE_URL {0:?} must start with http:// or https://")]
+    #[error("{0:?} must start with http:// or https://")]
     BadUrl(String),
-    #[error(
-        "CLICKHOUSE_DATABASE {0:?} is invalid: use [A-Za-z_][A-Za-z0-9_]*, at most 64 characters"
-    )]
+    #[error("{0:?} is invalid: use [A-Za-z_][A-Za-z0-9_]*, at most 64 characters")]
     BadDatabase(String),
-    #[error("LOADER_BATCH_MAX_ROWS must be from 1 to 1000000, got {0}")]
-    BadRows(usize),
-    #[error("LOADER_BATCH_MAX_BYTES must be from 1024 to 1073741824, got {0}")]
-    BadBytes(usize),
-    #[error("LOADER_BATCH_MAX_AGE_MS must be from 10 to 600000, got {0}")]
-    BadAge(u64),
-    #[error(transparent)]
-    Kafka(#[from] runtime::kafka::KafkaConfigError),
-    #[error(transparent)]
-    Log(#[from] runtime::logging::LogConfigError),
 }
 
-impl Config {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.group_id.trim().is_empty() {
-            return Err(ConfigError::EmptyGroup);
-        }
-        self.clickhouse.validate()?;
-        self.batch.validate()?;
-        self.kafka.validate()?;
-        self.log.validate()?;
-        self.topics.validate()?;
-        Ok(())
+/// Reads `CLICKHOUSE_URL`.
+pub fn http_url(text: &str) -> Result<String, ConfigError> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(text.to_owned())
+    } else {
+        Err(ConfigError::BadUrl(text.to_owned()))
     }
 }
 
-impl ClickHouseArgs {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(ConfigError::BadUrl(self.url.clone()));
-        }
-        if !is_valid_database_name(&self.database) {
-            return Err(ConfigError::BadDatabase(self.database.clone()));
-        }
-        Ok(())
-    }
-}
-
-impl BatchArgs {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=1_000_000).contains(&self.batch_max_rows) {
-            return Err(ConfigError::BadRows(self.batch_max_rows));
-        }
-        if !(1024..=1 << 30).contains(&self.batch_max_bytes) {
-            return Err(ConfigError::BadBytes(self.batch_max_bytes));
-        }
-        if !(10..=600_000).contains(&self.batch_max_age_ms) {
-            return Err(ConfigError::BadAge(self.batch_max_age_ms));
-        }
-        Ok(())
+/// Reads `CLICKHOUSE_DATABASE`: a name every statement can use unquoted.
+pub fn database_name(text: &str) -> Result<String, ConfigError> {
+    if is_valid_database_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(ConfigError::BadDatabase(text.to_owned()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn clickhouse(url: &str, database: &str) -> ClickHouseArgs {
-        ClickHouseArgs {
-            url: url.into(),
-            database: database.into(),
-            user: "default".into(),
-            password: String::new(),
-            validation: Switch::Auto,
-            compression: WireCompression::None,
-        }
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Config::try_parse_from(std::iter::once(&"loader").chain(args)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -225,36 +188,40 @@ mod tests {
 
     #[test]
     fn names_the_clickhouse_setting_that_is_wrong() {
+        let config = parse(&[
+            "--clickhouse-url",
+            "http://ch:8123",
+            "--clickhouse-database",
+            "switchboard",
+        ])
+        .unwrap();
+        assert_eq!(config.clickhouse.url, "http://ch:8123");
         assert_eq!(
-            clickhouse("http://ch:8123", "switchboard").validate(),
-            Ok(())
-        );
-        assert_eq!(
-            clickhouse("ch:8123", "switchboard").validate(),
+            http_url("ch:8123"),
             Err(ConfigError::BadUrl("ch:8123".into()))
         );
         assert_eq!(
-            clickhouse("http://ch:8123", "switch-board").validate(),
+            database_name("switch-board"),
             Err(ConfigError::BadDatabase("switch-board".into()))
+        );
+        let error = parse(&["--clickhouse-database", "switch-board"]).unwrap_err();
+        assert!(
+            error.contains("--clickhouse-database") && error.contains("switch-board"),
+            "{error}"
         );
     }
 
     #[test]
     fn rejects_batch_limits_that_cannot_work() {
-        let batch = |rows, bytes, age| BatchArgs {
-            batch_max_rows: rows,
-            batch_max_bytes: bytes,
-            batch_max_age_ms: age,
-        };
-        assert_eq!(batch(10_000, 1 << 24, 1000).validate(), Ok(()));
-        assert_eq!(
-            batch(0, 1 << 24, 1000).validate(),
-            Err(ConfigError::BadRows(0))
-        );
-        assert_eq!(
-            batch(1, 10, 1000).validate(),
-            Err(ConfigError::BadBytes(10))
-        );
-        assert_eq!(batch(1, 1 << 24, 0).validate(), Err(ConfigError::BadAge(0)));
+        let config = parse(&["--batch-max-rows", "10000", "--batch-max-age-ms", "1000"]).unwrap();
+        assert_eq!(config.batch.policy().max_rows, 10_000);
+        for (flag, value) in [
+            ("--batch-max-rows", "0"),
+            ("--batch-max-bytes", "10"),
+            ("--batch-max-age-ms", "0"),
+        ] {
+            let error = parse(&[flag, value]).unwrap_err();
+            assert!(error.contains(flag), "{flag}: {error}");
+        }
     }
 }

@@ -86,3 +86,80 @@ proptest! {
         prop_assert_eq!(normalize(&envelope), normalize(&envelope));
     }
 }
+
+/// An id as a sender may write it: a number, a number in a string (padded or not), an
+/// integral float, text, or nothing usable.
+fn id_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(|n| Value::Number(n.into())),
+        (0i64..10_000_000).prop_map(|n| Value::String(n.to_string())),
+        (0i64..10_000_000).prop_map(|n| Value::String(format!(" {n} "))),
+        (0i64..100_000).prop_map(|n| serde_json::json!(n as f64)),
+        "[A-Za-z0-9-]{1,12}".prop_map(Value::String),
+        Just(Value::Null),
+        Just(Value::String(String::new())),
+    ]
+}
+
+/// The spellings of an entity's id that the readers accept.
+fn id_keys(kind: EventKind) -> &'static [&'static str] {
+    match kind.entity() {
+        schemas::Entity::Call => &["id"],
+        schemas::Entity::Contact => &["id", "contactId", "contact_id"],
+        schemas::Entity::ContactList => &["id", "listId", "list_id", "contactListId"],
+        schemas::Entity::Message => &["id", "messageId", "message_id", "sid", "uuid"],
+    }
+}
+
+/// A body of a known event: the entity's object with its id under one of its spellings,
+/// sent bare or wrapped (`{"contact": …}`, `{"data": …}`, a one-element array).
+fn entity_body() -> impl Strategy<Value = (EventKind, Value)> {
+    (
+        prop::sample::select(EventKind::ALL.to_vec()),
+        any::<prop::sample::Index>(),
+        id_value(),
+        0..4usize,
+        json(),
+    )
+        .prop_map(|(kind, spelling, id, wrapping, extra)| {
+            let keys = id_keys(kind);
+            let mut object = Map::new();
+            if let Value::Object(extra) = extra {
+                object.extend(extra.into_iter().filter(|(k, _)| k != "id"));
+            }
+            object.insert(keys[spelling.index(keys.len())].to_owned(), id);
+            let object = Value::Object(object);
+            let wrapper = match kind.entity() {
+                schemas::Entity::Call => "call",
+                schemas::Entity::Contact => "contact",
+                schemas::Entity::ContactList => "list",
+                schemas::Entity::Message => "message",
+            };
+            let body = match wrapping {
+                0 => object,
+                1 => serde_json::json!({ wrapper: object }),
+                2 => serde_json::json!({ "data": object }),
+                _ => serde_json::json!({ wrapper: [object] }),
+            };
+            (kind, body)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_kafka_key_names_the_entity_the_normalizer_finds((kind, body) in entity_body()) {
+        let envelope = envelope(kind.slug().to_owned(), body.to_string().into_bytes());
+        let key = normalize::identity::kafka_key("acme", kind.slug(), &body, &envelope.event_id);
+        let normalized = normalize(&envelope);
+        if normalized.status == Status::Normalized {
+            prop_assert_eq!(
+                key,
+                format!("acme:{}:{}", kind.entity().as_str(), normalized.entity_id)
+            );
+        } else {
+            prop_assert_eq!(key, format!("acme:event:{}", envelope.event_id));
+        }
+    }
+}

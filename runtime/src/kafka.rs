@@ -19,15 +19,18 @@ pub struct KafkaArgs {
     #[arg(
         long = "kafka-brokers",
         env = "KAFKA_BROKERS",
-        default_value = "127.0.0.1:19092"
+        default_value = "127.0.0.1:19092",
+        value_parser = brokers
     )]
     pub brokers: String,
     /// Partitions of a topic this service creates because it is missing. Per-key order
     /// holds for any count; more partitions allow more parallel consumers.
-    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..))]
     pub topic_partitions: i32,
     /// Replication factor of a topic this service creates (1 for a single broker).
-    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1)]
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
     pub topic_replication: i32,
 }
 
@@ -35,59 +38,77 @@ pub struct KafkaArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct TopicArgs {
     /// Raw deliveries, written by ingest.
-    #[arg(long, env = "KAFKA_TOPIC_RAW", default_value = "webhooks.raw")]
+    #[arg(long, env = "KAFKA_TOPIC_RAW", default_value = "webhooks.raw", value_parser = topic)]
     pub raw_topic: String,
     /// Normalized records, written by transform.
     #[arg(
         long,
         env = "KAFKA_TOPIC_NORMALIZED",
-        default_value = "webhooks.normalized"
+        default_value = "webhooks.normalized",
+        value_parser = topic
     )]
     pub normalized_topic: String,
     /// Dead letters: anything that could not be processed, with the reason.
-    #[arg(long, env = "KAFKA_TOPIC_DLQ", default_value = "webhooks.dlq")]
+    #[arg(long, env = "KAFKA_TOPIC_DLQ", default_value = "webhooks.dlq", value_parser = topic)]
     pub dlq_topic: String,
 }
 
-/// A configuration mistake in the Kafka settings.
+/// A Kafka setting that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KafkaConfigError {
-    #[error("KAFKA_BROKERS is empty: give at least one host:port")]
+    #[error("no broker given: list at least one host:port")]
     NoBrokers,
-    #[error("KAFKA_BROKERS entry {0:?} is not host:port with a port from 1 to 65535")]
+    #[error("broker entry {0:?} is not host:port with a port from 1 to 65535")]
     BadBroker(String),
-    #[error("KAFKA_TOPIC_PARTITIONS must be at least 1, got {0}")]
-    BadPartitions(i32),
-    #[error("KAFKA_TOPIC_REPLICATION must be at least 1, got {0}")]
-    BadReplication(i32),
     #[error("topic name {0:?} is invalid: use 1 to 249 of [A-Za-z0-9._-]")]
     BadTopic(String),
+    #[error("the consumer group id must not be empty")]
+    EmptyGroup,
+}
+
+/// Reads `KAFKA_BROKERS`: comma-separated `host:port` entries.
+pub fn brokers(text: &str) -> Result<String, KafkaConfigError> {
+    let brokers: Vec<&str> = text.split(',').map(str::trim).collect();
+    if brokers.iter().all(|b| b.is_empty()) {
+        return Err(KafkaConfigError::NoBrokers);
+    }
+    for broker in brokers {
+        let valid = broker.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
+            return Err(KafkaConfigError::BadBroker(broker.to_owned()));
+        }
+    }
+    Ok(text.to_owned())
+}
+
+/// Reads a consumer group id: any non-blank text.
+pub fn group_id(text: &str) -> Result<String, KafkaConfigError> {
+    if text.trim().is_empty() {
+        Err(KafkaConfigError::EmptyGroup)
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+/// Reads a topic name Kafka accepts.
+pub fn topic(name: &str) -> Result<String, KafkaConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(KafkaConfigError::BadTopic(name.to_owned()))
+    }
 }
 
 impl KafkaArgs {
-    /// Checks the settings; called at start so a mistake stops the service at once.
-    pub fn validate(&self) -> Result<(), KafkaConfigError> {
-        let brokers: Vec<&str> = self.brokers.split(',').map(str::trim).collect();
-        if brokers.iter().all(|b| b.is_empty()) {
-            return Err(KafkaConfigError::NoBrokers);
-        }
-        for broker in brokers {
-            let valid = broker.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            if !valid {
-                return Err(KafkaConfigError::BadBroker(broker.to_owned()));
-            }
-        }
-        if self.topic_partitions < 1 {
-            return Err(KafkaConfigError::BadPartitions(self.topic_partitions));
-        }
-        if self.topic_replication < 1 {
-            return Err(KafkaConfigError::BadReplication(self.topic_replication));
-        }
-        Ok(())
-    }
-
     /// A client configuration with the brokers set and quiet, bounded defaults.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -191,79 +212,68 @@ pub fn commit_on_exit<C: ConsumerContext>(consumer: &StreamConsumer<C>) {
     }
 }
 
-impl TopicArgs {
-    /// Checks the topic names.
-    pub fn validate(&self) -> Result<(), KafkaConfigError> {
-        for topic in [&self.raw_topic, &self.normalized_topic, &self.dlq_topic] {
-            let valid = !topic.is_empty()
-                && topic.len() <= 249
-                && topic != "."
-                && topic != ".."
-                && topic
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            if !valid {
-                return Err(KafkaConfigError::BadTopic(topic.clone()));
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn args(brokers: &str) -> KafkaArgs {
-        KafkaArgs {
-            brokers: brokers.to_owned(),
-            topic_partitions: 3,
-            topic_replication: 1,
-        }
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn accepts_a_list_of_host_port_pairs() {
-        assert_eq!(args("127.0.0.1:9092, kafka:9093").validate(), Ok(()));
+        let cli = parse(&["--kafka-brokers", "127.0.0.1:9092, kafka:9093"]).unwrap();
+        assert_eq!(cli.kafka.brokers, "127.0.0.1:9092, kafka:9093");
     }
 
     #[test]
     fn names_the_broker_entry_that_is_wrong() {
-        assert_eq!(args("").validate(), Err(KafkaConfigError::NoBrokers));
+        assert_eq!(brokers(""), Err(KafkaConfigError::NoBrokers));
         assert_eq!(
-            args("kafka:9092,kafka").validate(),
+            brokers("kafka:9092,kafka"),
             Err(KafkaConfigError::BadBroker("kafka".into()))
         );
         assert_eq!(
-            args("kafka:0").validate(),
+            brokers("kafka:0"),
             Err(KafkaConfigError::BadBroker("kafka:0".into()))
         );
-        assert!(args("kafka:99999").validate().is_err());
+        assert!(brokers("kafka:99999").is_err());
+        let error = parse(&["--kafka-brokers", "kafka"]).unwrap_err();
+        assert!(
+            error.contains("--kafka-brokers") && error.contains("\"kafka\""),
+            "{error}"
+        );
     }
 
     #[test]
     fn rejects_zero_partitions_and_replication() {
-        let mut a = args("k:1");
-        a.topic_partitions = 0;
-        assert_eq!(a.validate(), Err(KafkaConfigError::BadPartitions(0)));
-        a.topic_partitions = 1;
-        a.topic_replication = 0;
-        assert_eq!(a.validate(), Err(KafkaConfigError::BadReplication(0)));
+        for flag in ["--topic-partitions", "--topic-replication"] {
+            let error = parse(&[flag, "0"]).unwrap_err();
+            assert!(
+                error.contains(flag) && error.contains("0 is not in 1.."),
+                "{error}"
+            );
+        }
     }
 
     #[test]
     fn rejects_topic_names_kafka_would_refuse() {
-        let topics = |raw: &str| TopicArgs {
-            raw_topic: raw.to_owned(),
-            normalized_topic: "webhooks.normalized".into(),
-            dlq_topic: "webhooks.dlq".into(),
-        };
-        assert_eq!(topics("webhooks.raw").validate(), Ok(()));
+        assert_eq!(topic("webhooks.raw"), Ok("webhooks.raw".into()));
         for bad in ["", "..", "a b", "a/b"] {
-            assert_eq!(
-                topics(bad).validate(),
-                Err(KafkaConfigError::BadTopic(bad.into()))
-            );
+            assert_eq!(topic(bad), Err(KafkaConfigError::BadTopic(bad.into())));
         }
+        assert!(parse(&["--dlq-topic", "a b"])
+            .unwrap_err()
+            .contains("--dlq-topic"));
     }
 }

@@ -18,4 +18,4 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
-pub use logging::{LogArgs, Telemetry};
+pub use logging::{LogArgs, LogFormat, Telemetry};

@@ -17,24 +17,31 @@ use tracing_subscriber::{EnvFilter, Layer};
 #[derive(clap::Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log format: `text` for people, `json` for log collectors.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Log filter in `tracing` syntax, e.g. `info` or `info,loader=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
     /// OTLP/HTTP endpoint that receives traces, e.g. `http://otel-collector:4318`
     /// (`/v1/traces` is appended); empty: traces are not exported.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", default_value = "")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", default_value = "", value_parser = endpoint)]
     pub otlp_endpoint: String,
     /// Share of traces exported, from 0 to 1.
-    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0, value_parser = ratio)]
     pub trace_sample_ratio: f64,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Default for LogArgs {
     fn default() -> LogArgs {
         LogArgs {
-            log_format: "text".into(),
+            log_format: LogFormat::Text,
             log_filter: "info".into(),
             otlp_endpoint: String::new(),
             trace_sample_ratio: 1.0,
@@ -45,28 +52,28 @@ impl Default for LogArgs {
 /// A logging or tracing setting that cannot work.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogConfigError {
-    #[error("OTEL_EXPORTER_OTLP_ENDPOINT {0:?} must start with http:// or https://")]
+    #[error("endpoint {0:?} must start with http:// or https:// (or be empty: no traces)")]
     BadEndpoint(String),
-    #[error("OTEL_TRACES_SAMPLER_ARG must be from 0 to 1, got {0}")]
+    #[error("the share of traces must be a number from 0 to 1, got {0:?}")]
     BadRatio(String),
 }
 
-impl LogArgs {
-    pub fn validate(&self) -> Result<(), LogConfigError> {
-        let endpoint = &self.otlp_endpoint;
-        let usable = endpoint.is_empty()
-            || endpoint.starts_with("http://")
-            || endpoint.starts_with("https://");
-        if !usable {
-            return Err(LogConfigError::BadEndpoint(endpoint.clone()));
-        }
-        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
-            return Err(LogConfigError::BadRatio(
-                self.trace_sample_ratio.to_string(),
-            ));
-        }
-        Ok(())
+/// Reads the OTLP endpoint: empty, or an http(s) URL.
+pub fn endpoint(text: &str) -> Result<String, LogConfigError> {
+    if text.is_empty() || text.starts_with("http://") || text.starts_with("https://") {
+        Ok(text.to_owned())
+    } else {
+        Err(LogConfigError::BadEndpoint(text.to_owned()))
     }
+}
+
+/// Reads a share from 0 to 1.
+pub fn ratio(text: &str) -> Result<f64, LogConfigError> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| LogConfigError::BadRatio(text.to_owned()))
 }
 
 /// Keeps the trace exporter alive; dropping it sends what is buffered.
@@ -96,7 +103,7 @@ pub fn init(args: &LogArgs, service: &'static str) -> Telemetry {
         EnvFilter::new("info")
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = if args.log_format == "json" {
+    let fmt = if args.log_format == LogFormat::Json {
         fmt.json().with_filter(filter).boxed()
     } else {
         fmt.with_filter(filter).boxed()
@@ -146,20 +153,17 @@ mod tests {
 
     #[test]
     fn names_the_tracing_setting_that_is_wrong() {
-        let args = |endpoint: &str, ratio| LogArgs {
-            otlp_endpoint: endpoint.into(),
-            trace_sample_ratio: ratio,
-            ..LogArgs::default()
-        };
-        assert_eq!(args("", 1.0).validate(), Ok(()));
-        assert_eq!(args("http://collector:4318", 0.1).validate(), Ok(()));
+        assert_eq!(endpoint(""), Ok(String::new()));
         assert_eq!(
-            args("collector:4318", 1.0).validate(),
+            endpoint("http://collector:4318"),
+            Ok("http://collector:4318".into())
+        );
+        assert_eq!(
+            endpoint("collector:4318"),
             Err(LogConfigError::BadEndpoint("collector:4318".into()))
         );
-        assert_eq!(
-            args("", 1.5).validate(),
-            Err(LogConfigError::BadRatio("1.5".into()))
-        );
+        assert_eq!(ratio("0.1"), Ok(0.1));
+        assert_eq!(ratio("1.5"), Err(LogConfigError::BadRatio("1.5".into())));
+        assert_eq!(ratio("all"), Err(LogConfigError::BadRatio("all".into())));
     }
 }

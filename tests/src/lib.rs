@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use runtime::{KafkaArgs, LogArgs, TopicArgs};
+use runtime::{KafkaArgs, TopicArgs};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -120,7 +120,8 @@ pub struct Pipeline {
     shutdown: CancellationToken,
     ingest: (CancellationToken, Task),
     ingest_options: IngestOptions,
-    log: LogArgs,
+    /// The Kafka, topic and log arguments every service of the pipeline gets.
+    common: Vec<String>,
     instances: Vec<Instance>,
     next_id: usize,
 }
@@ -142,59 +143,45 @@ impl Pipeline {
         let services = Services::require().await;
         let name = unique("e2e");
         let database = format!("sb_{name}");
-        let topics = TopicArgs {
-            raw_topic: format!("{name}.raw"),
-            normalized_topic: format!("{name}.normalized"),
-            dlq_topic: format!("{name}.dlq"),
-        };
-        let kafka = KafkaArgs {
-            brokers: services.kafka_brokers.clone(),
-            topic_partitions: 3,
-            topic_replication: 1,
-        };
-        let log = LogArgs {
-            log_format: "text".into(),
-            log_filter: std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            ..LogArgs::default()
-        };
-        let _ = runtime::logging::init(&log, "tests");
+        // Every service gets its settings as its command line would: the defaults are
+        // the binaries' own.
+        let log_filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let common = vec![
+            format!("--kafka-brokers={}", services.kafka_brokers),
+            format!("--raw-topic={name}.raw"),
+            format!("--normalized-topic={name}.normalized"),
+            format!("--dlq-topic={name}.dlq"),
+            format!("--log-filter={log_filter}"),
+        ];
+        let transform_config: transform::Config = parse(
+            "transform",
+            &common,
+            &[
+                format!("--group-id={name}-transform"),
+                "--delivery-timeout-ms=30000".into(),
+                "--metrics-listen=".into(),
+            ],
+        );
+        let loader_config: loader::Config = parse(
+            "loader",
+            &common,
+            &[
+                format!("--group-id={name}-loader"),
+                format!("--clickhouse-url={}", services.clickhouse_url),
+                format!("--clickhouse-database={database}"),
+                "--clickhouse-compression=lz4".into(),
+                "--batch-max-age-ms=200".into(),
+                "--metrics-listen=".into(),
+            ],
+        );
+        let (kafka, topics) = (
+            transform_config.kafka.clone(),
+            transform_config.topics.clone(),
+        );
+        let _ = runtime::logging::init(&transform_config.log, "tests");
         let shutdown = CancellationToken::new();
 
-        let (ingest_url, ingest) = start_ingest(&kafka, &topics, &log, &ingest_options);
-
-        let transform_config = transform::Config {
-            group_id: format!("{name}-transform"),
-            batch_max_messages: 500,
-            delivery_timeout_ms: 30_000,
-            metrics_listen: String::new(),
-            kafka: kafka.clone(),
-            topics: topics.clone(),
-            log: log.clone(),
-            command: None,
-        };
-        transform_config.validate().unwrap();
-        let loader_config = loader::Config {
-            group_id: format!("{name}-loader"),
-            clickhouse: loader::config::ClickHouseArgs {
-                url: services.clickhouse_url.clone(),
-                database: database.clone(),
-                user: "default".into(),
-                password: String::new(),
-                validation: loader::config::Switch::Auto,
-                compression: loader::config::WireCompression::Lz4,
-            },
-            batch: loader::config::BatchArgs {
-                batch_max_rows: 10_000,
-                batch_max_bytes: 16 << 20,
-                batch_max_age_ms: 200,
-            },
-            block_log: loader::config::Switch::Auto,
-            metrics_listen: String::new(),
-            kafka: kafka.clone(),
-            topics: topics.clone(),
-            log: log.clone(),
-        };
-        loader_config.validate().unwrap();
+        let (ingest_url, ingest) = start_ingest(&common, &ingest_options);
 
         let pipeline = Pipeline {
             ingest_url,
@@ -204,7 +191,7 @@ impl Pipeline {
             shutdown,
             ingest,
             ingest_options,
-            log,
+            common,
             transform_config,
             loader_config,
             instances: Vec::new(),
@@ -304,8 +291,7 @@ impl Pipeline {
     /// Stops ingest gracefully and starts a new one (same settings and spool, new port).
     pub async fn restart_ingest(&mut self) {
         self.ingest.0.cancel();
-        let (url, ingest) =
-            start_ingest(&self.kafka, &self.topics, &self.log, &self.ingest_options);
+        let (url, ingest) = start_ingest(&self.common, &self.ingest_options);
         let (_, old) = std::mem::replace(&mut self.ingest, ingest);
         match tokio::time::timeout(Duration::from_secs(60), old).await {
             Ok(Ok(Ok(()))) => {}
@@ -388,39 +374,27 @@ async fn finish(name: &str, task: Task) {
     }
 }
 
+/// A service's configuration from command-line arguments, as its binary reads them.
+pub fn parse<C: clap::Parser>(bin: &str, common: &[String], own: &[String]) -> C {
+    let argv = std::iter::once(bin.to_owned()).chain(common.iter().chain(own).cloned());
+    C::try_parse_from(argv).unwrap_or_else(|e| panic!("{bin} arguments: {e}"))
+}
+
 /// Starts ingest on a free port; returns its URL, and its own shutdown token and task.
-fn start_ingest(
-    kafka: &KafkaArgs,
-    topics: &TopicArgs,
-    log: &LogArgs,
-    options: &IngestOptions,
-) -> (String, (CancellationToken, Task)) {
+fn start_ingest(common: &[String], options: &IngestOptions) -> (String, (CancellationToken, Task)) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = ingest::Config {
-        listen: url.clone(),
-        tokens: format!("{TENANT}={TOKEN}").parse().unwrap(),
-        http: ingest::config::HttpArgs {
-            max_body_bytes: 512 * 1024,
-            produce_timeout_ms: options.produce_timeout_ms,
-            retry_after_s: 1,
-            max_json_depth: 64,
-            body_timeout_ms: 10_000,
-            max_in_flight: options.max_in_flight,
-        },
-        access: ingest::config::AccessArgs {
-            record_rejections_per_s: 20,
-            ..ingest::config::AccessArgs::default()
-        },
-        spool: ingest::config::SpoolArgs {
-            spool_dir: options.spool_dir.clone(),
-            spool_max_bytes: 1 << 30,
-            sink: "kafka".into(),
-        },
-        kafka: kafka.clone(),
-        topics: topics.clone(),
-        log: log.clone(),
-    };
+    let mut own = vec![
+        format!("--listen={}", listener.local_addr().unwrap()),
+        format!("--tokens={TENANT}={TOKEN}"),
+        format!("--produce-timeout-ms={}", options.produce_timeout_ms),
+        "--retry-after-s=1".into(),
+        format!("--max-in-flight={}", options.max_in_flight),
+    ];
+    if let Some(dir) = &options.spool_dir {
+        own.push(format!("--spool-dir={}", dir.display()));
+    }
+    let config: ingest::Config = parse("ingest", common, &own);
     config.validate().unwrap();
     let token = CancellationToken::new();
     let stop = token.clone();

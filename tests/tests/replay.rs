@@ -105,7 +105,7 @@ async fn a_replay_replaces_rows_in_place_without_duplicates() {
 
 async fn replay(pipeline: &Pipeline, from: &str) -> Report {
     let args = ReplayArgs {
-        from: from.to_owned(),
+        from: transform::Point::parse(from).unwrap(),
         until: None,
     };
     tokio::time::timeout(

@@ -36,15 +36,18 @@ pub struct Config {
     #[arg(
         long,
         env = "TRANSFORM_GROUP_ID",
-        default_value = "switchboard-transform"
+        default_value = "switchboard-transform",
+        value_parser = runtime::kafka::group_id
     )]
     pub group_id: String,
     /// Most messages handled (and acknowledged) together.
-    #[arg(long, env = "TRANSFORM_BATCH_MAX_MESSAGES", default_value_t = 500)]
+    #[arg(long, env = "TRANSFORM_BATCH_MAX_MESSAGES", default_value_t = 500,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub batch_max_messages: usize,
     /// How long a produced record may wait for Kafka before the service gives up and
     /// exits (to be restarted and resume from its last stored offset).
-    #[arg(long, env = "TRANSFORM_DELIVERY_TIMEOUT_MS", default_value_t = 300_000)]
+    #[arg(long, env = "TRANSFORM_DELIVERY_TIMEOUT_MS", default_value_t = 300_000,
+          value_parser = clap::value_parser!(u64).range(1000..))]
     pub delivery_timeout_ms: u64,
     /// Address of the Prometheus `/metrics` endpoint, `host:port`; empty: none.
     #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9101")]
@@ -66,44 +69,6 @@ pub enum Command {
     /// webhooks.normalized, e.g. after a normalization fix; the running loader replaces
     /// the rows in place, without duplicates. Prints what it did.
     Replay(ReplayArgs),
-}
-
-/// A configuration mistake, reported at start.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("TRANSFORM_GROUP_ID must not be empty")]
-    EmptyGroup,
-    #[error("TRANSFORM_BATCH_MAX_MESSAGES must be from 1 to 100000, got {0}")]
-    BadBatch(usize),
-    #[error("TRANSFORM_DELIVERY_TIMEOUT_MS must be at least 1000, got {0}")]
-    BadDeliveryTimeout(u64),
-    #[error(transparent)]
-    Kafka(#[from] runtime::kafka::KafkaConfigError),
-    #[error(transparent)]
-    Log(#[from] runtime::logging::LogConfigError),
-    #[error(transparent)]
-    Replay(#[from] BadPoint),
-}
-
-impl Config {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.group_id.trim().is_empty() {
-            return Err(ConfigError::EmptyGroup);
-        }
-        if !(1..=100_000).contains(&self.batch_max_messages) {
-            return Err(ConfigError::BadBatch(self.batch_max_messages));
-        }
-        if self.delivery_timeout_ms < 1000 {
-            return Err(ConfigError::BadDeliveryTimeout(self.delivery_timeout_ms));
-        }
-        self.kafka.validate()?;
-        self.log.validate()?;
-        self.topics.validate()?;
-        if let Some(Command::Replay(args)) = &self.command {
-            args.points()?;
-        }
-        Ok(())
-    }
 }
 
 /// Why the service stopped with an error.

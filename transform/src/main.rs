@@ -1,4 +1,3 @@
-use anyhow::Context;
 use clap::Parser;
 use transform::Command;
 
@@ -6,7 +5,6 @@ use transform::Command;
 async fn main() -> anyhow::Result<()> {
     let config = transform::Config::parse();
     let _telemetry = runtime::logging::init(&config.log, "transform");
-    config.validate().context("invalid configuration")?;
     let shutdown = runtime::shutdown::on_signal();
     match &config.command {
         None => transform::run(config, shutdown).await?,

@@ -23,12 +23,12 @@ use crate::{await_deliveries, enqueue, position, route, Config, RunError};
 pub struct ReplayArgs {
     /// Where to start: `earliest`, or an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)
     /// compared with the time each raw record was written to Kafka.
-    #[arg(long, default_value = "earliest")]
-    pub from: String,
+    #[arg(long, default_value = "earliest", value_parser = Point::parse)]
+    pub from: Point,
     /// Where to stop (exclusive), an RFC 3339 time; by default, the end of the topic
     /// when the replay starts.
-    #[arg(long)]
-    pub until: Option<String>,
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<i64>,
 }
 
 /// A point in `webhooks.raw`.
@@ -41,41 +41,33 @@ pub enum Point {
 
 /// A replay setting that cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("--{flag} must be `earliest` or an RFC 3339 time like 2026-11-01T00:00:00Z, got {value:?}")]
-pub struct BadPoint {
-    pub flag: &'static str,
-    pub value: String,
-}
+#[error("{0:?} is not {1}")]
+pub struct BadPoint(pub String, pub &'static str);
 
-impl ReplayArgs {
-    /// The start and the optional end of the replay.
-    pub fn points(&self) -> Result<(Point, Option<i64>), BadPoint> {
-        let from = parse_point("from", &self.from)?;
-        let until = match &self.until {
-            None => None,
-            Some(value) => match parse_point("until", value)? {
-                Point::At(ms) => Some(ms),
-                Point::Earliest => {
-                    return Err(BadPoint {
-                        flag: "until",
-                        value: value.clone(),
-                    })
-                }
-            },
-        };
-        Ok((from, until))
+impl Point {
+    /// `earliest`, or an RFC 3339 time.
+    pub fn parse(value: &str) -> Result<Point, BadPoint> {
+        if value == "earliest" {
+            return Ok(Point::Earliest);
+        }
+        parse_time(value).map(Point::At).map_err(|_| {
+            BadPoint(
+                value.to_owned(),
+                "`earliest` or an RFC 3339 time like 2026-11-01T00:00:00Z",
+            )
+        })
     }
 }
 
-fn parse_point(flag: &'static str, value: &str) -> Result<Point, BadPoint> {
-    if value == "earliest" {
-        return Ok(Point::Earliest);
-    }
+/// An RFC 3339 time, as Unix milliseconds.
+fn parse_time(value: &str) -> Result<i64, BadPoint> {
     chrono::DateTime::parse_from_rfc3339(value)
-        .map(|t| Point::At(t.timestamp_millis()))
-        .map_err(|_| BadPoint {
-            flag,
-            value: value.to_owned(),
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            BadPoint(
+                value.to_owned(),
+                "an RFC 3339 time like 2026-11-01T00:00:00Z",
+            )
         })
 }
 
@@ -100,9 +92,7 @@ pub async fn replay(
     args: &ReplayArgs,
     shutdown: &CancellationToken,
 ) -> Result<Report, RunError> {
-    let (from, until) = args
-        .points()
-        .expect("replay arguments are validated at start");
+    let (from, until) = (args.from, args.until);
     let topic = &config.topics.raw_topic;
     let consumer: StreamConsumer = config
         .kafka
@@ -240,38 +230,44 @@ fn ranges(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn args(from: &str, until: Option<&str>) -> ReplayArgs {
-        ReplayArgs {
-            from: from.into(),
-            until: until.map(Into::into),
+    fn parse(args: &[&str]) -> Result<ReplayArgs, String> {
+        let argv = ["transform", "replay"].iter().chain(args);
+        match Config::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Some(crate::Command::Replay(args)) => Ok(args),
+            None => Err("no replay".into()),
         }
     }
 
     #[test]
     fn reads_earliest_and_rfc3339_points() {
-        assert_eq!(args("earliest", None).points(), Ok((Point::Earliest, None)));
+        let args = parse(&[]).unwrap();
+        assert_eq!((args.from, args.until), (Point::Earliest, None));
+        let args = parse(&[
+            "--from",
+            "2026-11-01T00:00:00Z",
+            "--until",
+            "2026-11-01T01:00:00+01:00",
+        ])
+        .unwrap();
         assert_eq!(
-            args("2026-11-01T00:00:00Z", Some("2026-11-01T01:00:00+01:00")).points(),
-            Ok((Point::At(1_793_491_200_000), Some(1_793_491_200_000)))
+            (args.from, args.until),
+            (Point::At(1_793_491_200_000), Some(1_793_491_200_000))
         );
     }
 
     #[test]
     fn names_the_flag_that_cannot_be_read() {
-        assert_eq!(
-            args("yesterday", None).points(),
-            Err(BadPoint {
-                flag: "from",
-                value: "yesterday".into()
-            })
+        let error = parse(&["--from", "yesterday"]).unwrap_err();
+        assert!(
+            error.contains("--from") && error.contains("\"yesterday\""),
+            "{error}"
         );
-        assert_eq!(
-            args("earliest", Some("earliest"))
-                .points()
-                .unwrap_err()
-                .flag,
-            "until"
-        );
+        let error = parse(&["--until", "earliest"]).unwrap_err();
+        assert!(error.contains("--until"), "{error}");
     }
 }
