@@ -5,7 +5,7 @@
 //! stay in order. It answers 200 only once the delivery is durable (acknowledged by Kafka,
 //! or fsync'd to the local spool when Kafka is slow or down), and 503 (never a 4xx) for
 //! anything a retry could fix, because the sender never retries a 4xx.
-//! Normalization is not done here; see the `transform` crate.
+//! Normalization is not done here; see the `normalize` crate.
 
 pub mod access;
 pub mod config;

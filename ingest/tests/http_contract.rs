@@ -1,4 +1,4 @@
-//! The HTTP contract of DESIGN.md, checked against an in-memory publisher. The same
+//! The HTTP contract (README, "Webhook URLs"), checked against an in-memory publisher. The same
 //! routes run against a real broker in the end-to-end tests (`tests/` crate).
 
 use std::sync::{Arc, Mutex};

@@ -139,7 +139,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::{NormalizedEvent, Status};
+    use schemas::NormalizedEvent;
 
     const POLICY: FlushPolicy = FlushPolicy {
         max_rows: 3,
@@ -152,17 +152,8 @@ mod tests {
             event_id: "e".into(),
             tenant: "t".into(),
             event: "call-ended".into(),
-            status: Status::Normalized,
-            entity: String::new(),
-            entity_id: String::new(),
-            received_at: 0,
-            source_addr: String::new(),
             payload: "x".repeat(payload_len),
-            error: String::new(),
-            call: None,
-            contact: None,
-            contact_list: None,
-            message: None,
+            ..NormalizedEvent::default()
         }
     }
 

@@ -1,7 +1,7 @@
 //! Golden fixtures. Each `fixtures/<name>.input.json` holds an event slug and a body (or
 //! `body_text` for a body that is not JSON); `<name>.expected.json` beside it holds the
 //! normalized event. After a deliberate change, rewrite the expected files with
-//! `UPDATE_GOLDEN=1 cargo test -p transform --test golden` and review the diff.
+//! `UPDATE_GOLDEN=1 cargo test -p normalize --test golden` and review the diff.
 
 use std::fs;
 use std::path::{Path, PathBuf};

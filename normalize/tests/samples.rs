@@ -1,4 +1,5 @@
-//! The shared NectarDesk samples (`../shared/nectardesk/samples`), normalized.
+//! The NectarDesk payload samples (`tests/samples/`, shapes from the platform's docs and
+//! one real integration), normalized.
 
 use normalize::normalize;
 use schemas::{RawEnvelope, Status};
@@ -16,7 +17,7 @@ fn envelope(event: &str, body: &str) -> RawEnvelope {
 
 fn sample(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/nectardesk/samples/{name}",
+        "{}/tests/samples/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

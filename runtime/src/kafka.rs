@@ -34,7 +34,7 @@ pub struct KafkaArgs {
     pub topic_replication: i32,
 }
 
-/// The pipeline's topic names (defaults from DESIGN.md).
+/// The pipeline's topic names (the defaults are the names the README documents).
 #[derive(clap::Args, Debug, Clone)]
 pub struct TopicArgs {
     /// Raw deliveries, written by ingest.

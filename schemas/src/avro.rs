@@ -200,17 +200,13 @@ mod tests {
             event_id: "3f1c".into(),
             tenant: "acme".into(),
             event: "call-ended".into(),
-            status: Status::Normalized,
             entity: "call".into(),
             entity_id: "880142".into(),
             received_at: 1_772_460_300_123,
             source_addr: "10.1.2.3".into(),
             payload: r#"{"id":880142}"#.into(),
-            error: String::new(),
             call,
-            contact: None,
-            contact_list: None,
-            message: None,
+            ..NormalizedEvent::default()
         }
     }
 

@@ -20,10 +20,11 @@ pub struct RawEnvelope {
 }
 
 /// What became of an event in normalization; stored in `raw_events.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Status {
     /// Understood and turned into typed rows.
+    #[default]
     Normalized,
     /// A well-formed event slug this version does not know: kept raw only.
     Unrecognized,
@@ -61,7 +62,7 @@ impl TryFrom<String> for Status {
 }
 
 /// One webhook after normalization (topic `webhooks.normalized`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NormalizedEvent {
     pub event_id: String,
     pub tenant: String,

@@ -246,12 +246,7 @@ impl Pipeline {
 
     /// Stops an instance gracefully, as on SIGTERM, and waits for it.
     pub async fn stop_instance(&mut self, id: usize) {
-        let index = self
-            .instances
-            .iter()
-            .position(|i| i.id == id)
-            .expect("a running instance");
-        let instance = self.instances.remove(index);
+        let instance = self.take_instance(id);
         instance.stop.cancel();
         finish(instance.name, instance.task).await;
     }
@@ -259,14 +254,18 @@ impl Pipeline {
     /// Kills an instance at whatever it is doing, without its shutdown steps (its Kafka
     /// clients are dropped, so the broker sees it leave).
     pub async fn kill_instance(&mut self, id: usize) {
+        let instance = self.take_instance(id);
+        instance.task.abort();
+        let _ = instance.task.await;
+    }
+
+    fn take_instance(&mut self, id: usize) -> Instance {
         let index = self
             .instances
             .iter()
             .position(|i| i.id == id)
             .expect("a running instance");
-        let instance = self.instances.remove(index);
-        instance.task.abort();
-        let _ = instance.task.await;
+        self.instances.remove(index)
     }
 
     /// Waits until ingest says it can accept durably (its topic has leaders, or it has a
@@ -474,7 +473,7 @@ impl ClickHouse {
     }
 }
 
-/// A golden fixture of the `transform` crate: its event slug and the body to send.
+/// A golden fixture of the `normalize` crate: its event slug and the body to send.
 pub fn fixture(name: &str) -> (String, String) {
     let path = format!(
         "{}/../transform/tests/fixtures/{name}.input.json",
@@ -490,7 +489,7 @@ pub fn fixture(name: &str) -> (String, String) {
     (input["event"].as_str().unwrap().to_owned(), body)
 }
 
-/// The names of every golden fixture of the `transform` crate.
+/// The names of every golden fixture of the `normalize` crate.
 pub fn fixture_names() -> Vec<String> {
     let dir = format!("{}/../transform/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -648,10 +647,10 @@ pub fn temp_dir(prefix: &str) -> std::path::PathBuf {
     dir
 }
 
-/// A payload from the shared NectarDesk samples (`../shared/nectardesk/samples`).
+/// A NectarDesk payload sample (`normalize/tests/samples/`).
 pub fn sample(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/nectardesk/samples/{name}",
+        "{}/../normalize/tests/samples/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading sample {path}: {e}"))

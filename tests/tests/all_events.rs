@@ -1,6 +1,6 @@
 //! One of each of the twelve NectarDesk events, and the odd variants, from HTTP to every
 //! analytics table, through the real broker and server. The bodies are the golden
-//! fixtures of the `transform` crate.
+//! fixtures of the `normalize` crate.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

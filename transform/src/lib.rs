@@ -1,5 +1,5 @@
 //! The `transform` service: consumes raw deliveries (`webhooks.raw`), normalizes each with
-//! the pure `transform` crate, and publishes the result to `webhooks.normalized` under the
+//! the pure `normalize` crate, and publishes the result to `webhooks.normalized` under the
 //! same key, so one entity's events stay in one partition, in order. What cannot be
 //! processed also goes to `webhooks.dlq` with the reason.
 //!

@@ -406,17 +406,12 @@ mod tests {
             event_id: "e1".into(),
             tenant: "acme".into(),
             event: "call-ended".into(),
-            status: Status::Normalized,
             entity: "call".into(),
             entity_id: "7".into(),
             received_at: 1_772_460_701_999,
             source_addr: "127.0.0.1".into(),
             payload: "{}".into(),
-            error: String::new(),
-            call: None,
-            contact: None,
-            contact_list: None,
-            message: None,
+            ..NormalizedEvent::default()
         }
     }
 
