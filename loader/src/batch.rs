@@ -79,6 +79,12 @@ pub struct Batch {
     pub last_offset: i64,
     /// The last offset of the block this batch redoes, when one was recorded before.
     pub planned_last: Option<i64>,
+    /// The incarnation of the partition's topic the block belongs to (see `block`).
+    pub epoch: u32,
+    /// Fingerprint of the block's first record (see `block::fingerprint`).
+    pub first_record: u64,
+    /// The `loaded_at` its rows carry, chosen once per block, Unix milliseconds.
+    pub loaded_at_ms: u64,
     /// The offset of each event, in the order of `tables.raw` (every event has exactly
     /// one raw row), to name the record of a row ClickHouse refuses.
     pub raw_offsets: Vec<i64>,

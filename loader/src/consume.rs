@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, FlushPolicy, FlushReason};
+use crate::block;
 use crate::write::Writer;
 use crate::{Config, RunError};
 
@@ -47,6 +48,8 @@ pub struct Consume<'a> {
     batches: BTreeMap<TopicPartition, Batch>,
     /// Partitions with a block being written.
     writing: BTreeSet<TopicPartition>,
+    /// The newest epoch seen per partition (see `block`).
+    epochs: BTreeMap<TopicPartition, u32>,
     writes: JoinSet<Written>,
 }
 
@@ -63,6 +66,7 @@ impl<'a> Consume<'a> {
             policy: config.batch.policy(),
             batches: BTreeMap::new(),
             writing: BTreeSet::new(),
+            epochs: BTreeMap::new(),
             writes: JoinSet::new(),
         }
     }
@@ -186,11 +190,17 @@ impl<'a> Consume<'a> {
         };
         let (offset, now) = (message.offset(), Instant::now());
         if self.batches.get(&tp).is_none_or(Batch::is_empty) {
-            let planned_last = self.writer.planned_last(&tp, offset).await;
+            let first_record = block::fingerprint(payload);
+            let known = self.epochs.get(&tp).copied().unwrap_or_default();
+            let plan = self.writer.plan(&tp, offset, first_record, known).await;
+            self.epochs.insert(tp.clone(), plan.epoch);
             self.batches.insert(
                 tp.clone(),
                 Batch {
-                    planned_last,
+                    planned_last: plan.planned_last,
+                    epoch: plan.epoch,
+                    first_record,
+                    loaded_at_ms: plan.loaded_at_ms,
                     ..Batch::default()
                 },
             );

@@ -15,6 +15,7 @@
 //! (connection, migrations, what the server supports, inserts).
 
 pub mod batch;
+pub mod block;
 pub mod config;
 pub mod consume;
 pub mod metrics;

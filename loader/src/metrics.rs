@@ -29,6 +29,8 @@ pub const DEAD_LETTERED_TOTAL: &str = "loader_dead_lettered_total";
 pub const EVENT_DELAY_SECONDS: &str = "loader_event_delay_seconds";
 /// Records of the consumed topics not yet committed by the group.
 pub const CONSUMER_LAG_RECORDS: &str = "loader_consumer_lag_records";
+/// Times a partition's offsets were found restarted (topic recreated, Kafka data reset).
+pub const OFFSETS_RESTARTED_TOTAL: &str = "loader_offsets_restarted_total";
 
 /// Every loader metric, registered in one registry.
 pub struct Metrics {
@@ -42,6 +44,7 @@ pub struct Metrics {
     dead_lettered: IntCounterVec,
     event_delay: Histogram,
     pub lag: IntGauge,
+    pub offsets_restarted: IntCounter,
 }
 
 impl Default for Metrics {
@@ -99,6 +102,11 @@ impl Default for Metrics {
                 &registry,
                 CONSUMER_LAG_RECORDS,
                 "Records of the consumed topics not yet committed by the group.",
+            ),
+            offsets_restarted: counter(
+                &registry,
+                OFFSETS_RESTARTED_TOTAL,
+                "Times a partition's offsets were found restarted (a new epoch of blocks).",
             ),
             registry,
         };

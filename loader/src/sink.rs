@@ -7,8 +7,19 @@ use clickhouse::Client;
 use warehouse::migrations::{adds_a_column, Migration, MIGRATIONS};
 use warehouse::{StoreRow, Table};
 
+use crate::block::Recorded;
 use crate::config::{ClickHouseArgs, Switch, WireCompression};
 use crate::consume::TopicPartition;
+
+/// What `loader_blocks` records of a block about to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub epoch: u32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub first_record: u64,
+    pub loaded_at_ms: u64,
+}
 
 /// Why a ClickHouse operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,19 +117,36 @@ struct BlockRow {
     consumer_group: String,
     topic: String,
     partition: i32,
+    epoch: u32,
     first_offset: i64,
     last_offset: i64,
+    first_record: u64,
+    loaded_at_ms: u64,
     recorded_at: u32,
+}
+
+/// What `loader_blocks` says of a block: its epoch, last offset, first record, loaded_at.
+#[derive(Debug, Clone, clickhouse::Row, serde::Deserialize)]
+struct RecordedRow {
+    epoch: u32,
+    last_offset: i64,
+    first_record: u64,
+    loaded_at_ms: u64,
 }
 
 /// A ClickHouse database the loader writes to.
 pub struct Sink {
     client: Client,
     database: String,
-    /// Inserts carry `insert_deduplication_token` (ClickHouse 22.2 and later).
+    /// Inserts carry `insert_deduplication_token`: the server has them (ClickHouse 22.2
+    /// and later) and the block log is on. Without the block log a token would name only
+    /// offsets, and could collide with an older block's after Kafka's offsets restart.
     pub dedup_tokens: bool,
     /// Every insert's offset range is recorded in `loader_blocks` first.
     pub block_log: bool,
+    /// Inserts ask for `async_insert=0`: a block must be its own insert, acknowledged
+    /// once written (servers that know the setting; current ones may default it to 1).
+    sync_inserts: bool,
 }
 
 impl Sink {
@@ -141,16 +169,18 @@ impl Sink {
             .await
             .map_err(SinkError::at(format!("connection to {}", args.url)))?;
         let validation = args.validation.resolve(supports_validation(&version));
-        let dedup_tokens = supports_dedup_token(&version);
+        let has_tokens = supports_dedup_token(&version);
+        let block_log = block_log.resolve(has_tokens);
         // Migrations name the database in every statement: the database may not exist yet.
         let sink = Sink {
             client: base,
             database: args.database.clone(),
-            dedup_tokens,
-            block_log: block_log.resolve(dedup_tokens),
+            dedup_tokens: has_tokens && block_log,
+            block_log,
+            sync_inserts: has_tokens,
         };
         sink.migrate().await?;
-        if dedup_tokens {
+        if has_tokens {
             for table in Table::ALL {
                 sink.execute(&format!(
                     "ALTER TABLE {}.{table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}",
@@ -163,10 +193,10 @@ impl Sink {
             server = %version,
             validation,
             database = %args.database,
-            exactly_once = if dedup_tokens {
-                "insert deduplication tokens per block, and views merged by event id"
-            } else {
-                "views merged by event id (this server has no insert deduplication tokens)"
+            exactly_once = match (has_tokens, sink.dedup_tokens) {
+                (true, true) => "insert deduplication tokens per recorded block, and views merged by event id",
+                (true, false) => "views merged by event id (LOADER_BLOCK_LOG=off: no insert deduplication tokens)",
+                _ => "views merged by event id (this server has no insert deduplication tokens)",
             },
             block_log = sink.block_log,
             "Connected to ClickHouse"
@@ -241,18 +271,20 @@ impl Sink {
             .map_err(SinkError::at(format!("statement `{head}…`")))
     }
 
-    /// The last offset of the block recorded as starting at `first_offset`, if any.
-    pub async fn planned_last(
+    /// The block recorded (last) as starting at `first_offset` of a partition, if any,
+    /// and the partition's newest epoch.
+    pub async fn recorded_block(
         &self,
         group: &str,
         tp: &TopicPartition,
         first_offset: i64,
-    ) -> Result<Option<i64>, SinkError> {
-        self.client
+    ) -> Result<(Option<Recorded>, u32), SinkError> {
+        let block: Option<RecordedRow> = self
+            .client
             .query(
-                "SELECT last_offset FROM loader_blocks FINAL \
+                "SELECT epoch, last_offset, first_record, loaded_at_ms FROM loader_blocks FINAL \
                  WHERE consumer_group = ? AND topic = ? AND partition = ? AND first_offset = ? \
-                 LIMIT 1",
+                 ORDER BY epoch DESC LIMIT 1",
             )
             .bind(group)
             .bind(&tp.topic)
@@ -260,7 +292,26 @@ impl Sink {
             .bind(first_offset)
             .fetch_optional()
             .await
-            .map_err(SinkError::at("reading loader_blocks"))
+            .map_err(SinkError::at("reading loader_blocks"))?;
+        let max_epoch: u32 = self
+            .client
+            .query(
+                "SELECT max(epoch) FROM loader_blocks \
+                 WHERE consumer_group = ? AND topic = ? AND partition = ?",
+            )
+            .bind(group)
+            .bind(&tp.topic)
+            .bind(tp.partition)
+            .fetch_one()
+            .await
+            .map_err(SinkError::at("reading loader_blocks"))?;
+        let block = block.map(|b| Recorded {
+            epoch: b.epoch,
+            last_offset: b.last_offset,
+            first_record: b.first_record,
+            loaded_at_ms: b.loaded_at_ms,
+        });
+        Ok((block, max_epoch))
     }
 
     /// Records that the offsets `first_offset..=last_offset` of a partition are about to
@@ -269,24 +320,21 @@ impl Sink {
         &self,
         group: &str,
         tp: &TopicPartition,
-        first_offset: i64,
-        last_offset: i64,
+        block: &Block,
     ) -> Result<(), SinkError> {
         let row = BlockRow {
             consumer_group: group.to_owned(),
             topic: tp.topic.clone(),
             partition: tp.partition,
-            first_offset,
-            last_offset,
+            epoch: block.epoch,
+            first_offset: block.first_offset,
+            last_offset: block.last_offset,
+            first_record: block.first_record,
+            loaded_at_ms: block.loaded_at_ms,
             recorded_at: u32::try_from(runtime::now_ms() / 1000).unwrap_or(u32::MAX),
         };
-        insert(
-            &self.client,
-            "loader_blocks",
-            std::slice::from_ref(&row),
-            None,
-        )
-        .await
+        self.insert_into("loader_blocks", std::slice::from_ref(&row), None)
+            .await
     }
 
     /// Inserts `rows` into their table, with `token` as the insert's deduplication token.
@@ -294,40 +342,44 @@ impl Sink {
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite + StoreRow,
     {
-        insert(&self.client, T::TABLE.name(), rows, token).await
+        self.insert_into(T::TABLE.name(), rows, token).await
     }
-}
 
-async fn insert<T>(
-    client: &Client,
-    table: &str,
-    rows: &[T],
-    token: Option<&str>,
-) -> Result<(), SinkError>
-where
-    T: clickhouse::RowOwned + clickhouse::RowWrite,
-{
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut insert = client
-        .insert::<T>(table)
-        .await
-        .map_err(SinkError::at(format!("insert into {table}")))?
-        .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));
-    if let Some(token) = token {
-        insert = insert.with_setting("insert_deduplication_token", token);
-    }
-    for row in rows {
-        insert
-            .write(row)
+    async fn insert_into<T>(
+        &self,
+        table: &str,
+        rows: &[T],
+        token: Option<&str>,
+    ) -> Result<(), SinkError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<T>(table)
             .await
-            .map_err(SinkError::at(format!("insert into {table}")))?;
+            .map_err(SinkError::at(format!("insert into {table}")))?
+            .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));
+        if self.sync_inserts {
+            insert = insert.with_setting("async_insert", "0");
+        }
+        if let Some(token) = token {
+            insert = insert.with_setting("insert_deduplication_token", token);
+        }
+        for row in rows {
+            insert
+                .write(row)
+                .await
+                .map_err(SinkError::at(format!("insert into {table}")))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(SinkError::at(format!("insert into {table}")))
     }
-    insert
-        .end()
-        .await
-        .map_err(SinkError::at(format!("insert into {table}")))
 }
 
 /// The `(major, minor)` of a ClickHouse version string such as `18.16.1` or `24.8.4.13`.

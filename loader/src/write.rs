@@ -12,9 +12,10 @@ use tracing::Instrument as _;
 use warehouse::{StoreRow, Table};
 
 use crate::batch::{Batch, FlushReason};
+use crate::block::{self, Plan};
 use crate::consume::TopicPartition;
 use crate::metrics::Metrics;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Block, Sink, SinkError};
 use crate::{RunError, RETRY};
 
 /// A row the server refused for its values, set aside from an insert.
@@ -54,23 +55,48 @@ impl Writer {
         }
     }
 
-    /// Where a batch starting at `first_offset` must end to repeat a block recorded
-    /// before a restart. Without an answer the batch is cut as usual: its rows may then
-    /// be stored twice, and the views still show them once.
-    pub async fn planned_last(&self, tp: &TopicPartition, first_offset: i64) -> Option<i64> {
+    /// How to cut the batch that starts at `first_offset` with a record of fingerprint
+    /// `first_record`: repeating a block recorded before a restart (same end, same
+    /// `loaded_at`), or a new block, in a new epoch when the partition's offsets
+    /// restarted. Without an answer from `loader_blocks` the batch is cut as a new block
+    /// of the newest epoch known: its rows may then be stored twice, and the views still
+    /// show them once.
+    pub async fn plan(
+        &self,
+        tp: &TopicPartition,
+        first_offset: i64,
+        first_record: u64,
+        known_epoch: u32,
+    ) -> Plan {
+        let now_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
         if !self.sink.block_log {
-            return None;
+            return block::plan(None, 0, first_record, now_ms);
         }
-        match self.sink.planned_last(&self.group, tp, first_offset).await {
-            Ok(planned) => {
-                if let Some(last) = planned {
-                    tracing::info!(partition = %tp, first_offset, last, "Redoing a recorded block");
+        match self
+            .sink
+            .recorded_block(&self.group, tp, first_offset)
+            .await
+        {
+            Ok((recorded, max_epoch)) => {
+                let plan = block::plan(recorded, max_epoch.max(known_epoch), first_record, now_ms);
+                if let Some(last) = plan.planned_last {
+                    tracing::info!(partition = %tp, first_offset, last, epoch = plan.epoch, "Redoing a recorded block");
                 }
-                planned
+                if plan.restarted {
+                    tracing::warn!(
+                        partition = %tp,
+                        first_offset,
+                        epoch = plan.epoch,
+                        "Kafka offsets restarted (topic recreated or its data reset): offset {first_offset} holds another record than the block recorded there; new blocks of this partition belong to epoch {}, so their deduplication tokens cannot match older blocks",
+                        plan.epoch
+                    );
+                    self.metrics.offsets_restarted.inc();
+                }
+                plan
             }
             Err(e) => {
                 tracing::warn!(error = %e, partition = %tp, "Recorded blocks not readable; cutting a new block");
-                None
+                block::plan(None, known_epoch, first_record, now_ms)
             }
         }
     }
@@ -87,7 +113,21 @@ impl Writer {
         stop: &CancellationToken,
     ) -> Result<Option<i64>, RunError> {
         let (first, last) = (batch.first_offset, batch.last_offset);
-        let block = format!("{}:{tp}:{first}-{last}", self.group);
+        let block = block::name(
+            &self.group,
+            &tp.topic,
+            tp.partition,
+            batch.epoch,
+            first,
+            last,
+        );
+        let record = Block {
+            epoch: batch.epoch,
+            first_offset: first,
+            last_offset: last,
+            first_record: batch.first_record,
+            loaded_at_ms: batch.loaded_at_ms,
+        };
         let started = Instant::now();
         let insert_span =
             tracing::info_span!("clickhouse_insert", block = %block, events = batch.events);
@@ -95,7 +135,7 @@ impl Writer {
         let rejected = loop {
             let result = async {
                 if self.sink.block_log && batch.planned_last != Some(last) {
-                    self.sink.record_block(&self.group, tp, first, last).await?;
+                    self.sink.record_block(&self.group, tp, &record).await?;
                 }
                 self.write_tables(&batch, &block).await
             }

@@ -476,7 +476,7 @@ impl ClickHouse {
 /// A golden fixture of the `normalize` crate: its event slug and the body to send.
 pub fn fixture(name: &str) -> (String, String) {
     let path = format!(
-        "{}/../transform/tests/fixtures/{name}.input.json",
+        "{}/../normalize/tests/fixtures/{name}.input.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let text =
@@ -491,7 +491,7 @@ pub fn fixture(name: &str) -> (String, String) {
 
 /// The names of every golden fixture of the `normalize` crate.
 pub fn fixture_names() -> Vec<String> {
-    let dir = format!("{}/../transform/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/../normalize/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "dead_letter_source",
         sql: include_str!("../migrations/0004_dead_letter_source.sql"),
     },
+    Migration {
+        version: 5,
+        name: "loader_block_epochs",
+        sql: include_str!("../migrations/0005_loader_block_epochs.sql"),
+    },
 ];
 
 /// Whether `statement` adds a column, so that "the column already exists" (code 15,
