@@ -30,6 +30,16 @@ pub enum SinkError {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error(
+        "database {database} has schema version {found}, newer than this loader knows ({known}): \
+         run the loader version that wrote it (or a newer one), or point CLICKHOUSE_DATABASE \
+         at another database"
+    )]
+    SchemaTooNew {
+        database: String,
+        found: u32,
+        known: u32,
+    },
 }
 
 impl SinkError {
@@ -51,7 +61,9 @@ impl SinkError {
     /// Whether trying again later may succeed (network, overload, timeouts), as opposed
     /// to the server rejecting the data or the statement itself.
     pub fn is_retryable(&self) -> bool {
-        let SinkError::ClickHouse { source, .. } = self;
+        let SinkError::ClickHouse { source, .. } = self else {
+            return false;
+        };
         match source {
             clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => true,
             clickhouse::error::Error::BadResponse(_) => !self
@@ -226,6 +238,14 @@ impl Sink {
             .fetch_all()
             .await
             .map_err(SinkError::at("reading schema_migrations"))?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if let Some(&found) = applied.iter().max().filter(|&&v| v > known) {
+            return Err(SinkError::SchemaTooNew {
+                database: db.clone(),
+                found,
+                known,
+            });
+        }
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             self.apply(migration).await?;
         }

@@ -213,11 +213,7 @@ impl Pipeline {
         let config = self.transform_config.clone();
         let stop = self.shutdown.child_token();
         let token = stop.clone();
-        let task = tokio::spawn(async move {
-            transform::run(config, token)
-                .await
-                .map_err(|e| e.to_string())
-        });
+        let task = tokio::spawn(async move { transform::run(config, token).await.map_err(failed) });
         self.add_instance("transform", stop, task)
     }
 
@@ -226,10 +222,7 @@ impl Pipeline {
         let config = self.loader_config.clone();
         let stop = self.shutdown.child_token();
         let token = stop.clone();
-        let task =
-            tokio::spawn(
-                async move { loader::run(config, token).await.map_err(|e| e.to_string()) },
-            );
+        let task = tokio::spawn(async move { loader::run(config, token).await.map_err(failed) });
         self.add_instance("loader", stop, task)
     }
 
@@ -257,6 +250,17 @@ impl Pipeline {
         let instance = self.take_instance(id);
         instance.task.abort();
         let _ = instance.task.await;
+    }
+
+    /// Waits (up to `within`) for an instance to stop on its own, and returns its error.
+    pub async fn instance_error(&mut self, id: usize, within: Duration) -> String {
+        let instance = self.take_instance(id);
+        match tokio::time::timeout(within, instance.task).await {
+            Ok(Ok(Err(e))) => e,
+            Ok(Ok(Ok(()))) => panic!("{} stopped without an error", instance.name),
+            Ok(Err(e)) => panic!("{} panicked: {e}", instance.name),
+            Err(_) => panic!("{} still running after {within:?}", instance.name),
+        }
     }
 
     fn take_instance(&mut self, id: usize) -> Instance {
@@ -298,6 +302,66 @@ impl Pipeline {
         }
         self.ingest_url = url;
         self.wait_until_ingest_answers().await;
+    }
+
+    /// Waits for the loader's migrations; on a server with insert deduplication tokens,
+    /// stops background merges of the storage tables, so that their physical row counts
+    /// show what each insert stored (a merge would collapse repeated rows and hide a
+    /// repeated insert). Returns whether physical counts can be asserted.
+    pub async fn stop_merges_when_ready(&self) -> bool {
+        self.wait_for_rows(
+            "SELECT version FROM {db}.schema_migrations",
+            warehouse::migrations::MIGRATIONS.len(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        if !self.clickhouse.has_dedup_tokens().await {
+            return false;
+        }
+        for table in warehouse::Table::ALL {
+            self.clickhouse
+                .execute(&format!("SYSTEM STOP MERGES {{db}}.{table}"))
+                .await
+                .unwrap();
+        }
+        true
+    }
+
+    /// Deletes the pipeline's topics and creates them again, empty, as when Kafka's data
+    /// is wiped: offsets start again at 0. Stop transform and loader first.
+    pub async fn recreate_topics(&self) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        use rdkafka::client::DefaultClientContext;
+        let names = [
+            self.topics.raw_topic.as_str(),
+            self.topics.normalized_topic.as_str(),
+            self.topics.dlq_topic.as_str(),
+        ];
+        let admin: AdminClient<DefaultClientContext> = self.kafka.client_config().create().unwrap();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for result in admin.delete_topics(&names, &options).await.unwrap() {
+            result.unwrap_or_else(|(topic, code)| panic!("deleting {topic}: {code}"));
+        }
+        // Deletion completes in the background: wait until no topic is listed.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .unwrap();
+            let left = metadata
+                .topics()
+                .iter()
+                .filter(|t| names.contains(&t.name()))
+                .count();
+            if left == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topics not deleted within 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.kafka.ensure_topics(&names).await.unwrap();
     }
 
     /// Fails the test if a service stopped on its own (its error is in the log).
@@ -363,6 +427,13 @@ impl Pipeline {
     }
 }
 
+/// A service's error as the test reports it; printed at once, since the test may only
+/// notice later that the service stopped.
+fn failed(e: impl std::fmt::Display) -> String {
+    eprintln!("service failed: {e}");
+    e.to_string()
+}
+
 /// Waits for a stopping service and fails the test if it failed.
 async fn finish(name: &str, task: Task) {
     match tokio::time::timeout(Duration::from_secs(30), task).await {
@@ -397,11 +468,8 @@ fn start_ingest(common: &[String], options: &IngestOptions) -> (String, (Cancell
     config.validate().unwrap();
     let token = CancellationToken::new();
     let stop = token.clone();
-    let task = tokio::spawn(async move {
-        ingest::run(config, listener, stop)
-            .await
-            .map_err(|e| e.to_string())
-    });
+    let task =
+        tokio::spawn(async move { ingest::run(config, listener, stop).await.map_err(failed) });
     (url, (token, task))
 }
 
@@ -461,6 +529,17 @@ impl ClickHouse {
         } else {
             Err(format!("{status}: {text}"))
         }
+    }
+
+    /// The server's version, e.g. `18.16.1` or `26.9.2.1`.
+    pub async fn version(&self) -> String {
+        let rows = self.rows("SELECT version() AS v").await.unwrap();
+        rows[0]["v"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Whether the server deduplicates inserts by token (the loader then sends them).
+    pub async fn has_dedup_tokens(&self) -> bool {
+        loader::sink::supports_dedup_token(&self.version().await)
     }
 
     async fn drop_database(&self) {

@@ -9,7 +9,8 @@ ALTER TABLE {db}.dead_letters_store ADD COLUMN http_status Nullable(UInt16) AFTE
 
 ALTER TABLE {db}.dead_letters_store ADD COLUMN source_addr String AFTER http_status;
 
-DROP VIEW IF EXISTS {db}.dead_letters;
+-- 18.16 has no DROP VIEW; DROP TABLE drops a view on every version.
+DROP TABLE IF EXISTS {db}.dead_letters;
 
 CREATE VIEW IF NOT EXISTS {db}.dead_letters AS
 SELECT

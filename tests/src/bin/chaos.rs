@@ -25,6 +25,7 @@ use serde_json::Value;
 use simulate::{Delivery, Generator, Scenario};
 use tests::procs::Procs;
 use tests::{dev_services, unique, ClickHouse, Services};
+use warehouse::Table;
 
 /// Settings of a chaos run.
 #[derive(Parser, Debug, Clone)]
@@ -42,6 +43,10 @@ struct Args {
     /// How long ClickHouse stays stopped.
     #[arg(long, default_value_t = 60)]
     clickhouse_outage_s: u64,
+    /// The development service that serves CLICKHOUSE_URL, stopped and started for the
+    /// ClickHouse fault: `clickhouse` (18.16) or `chdb` (the current-engine fixture).
+    #[arg(long, default_value = "clickhouse", value_parser = ["clickhouse", "chdb"])]
+    clickhouse_service: String,
     /// How long the broker stays down after its SIGKILL.
     #[arg(long, default_value_t = 8)]
     broker_outage_s: u64,
@@ -130,6 +135,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("chaos run {name}: logs in {}", run_dir.display());
     wait_ready(&ingest_url).await?;
+    let clickhouse = ClickHouse::new(&services.clickhouse_url, &database);
+    // Where inserts are deduplicated by token, the storage tables must physically hold
+    // each event once: merges are stopped so that none can hide a repeated insert.
+    let physical = clickhouse.has_dedup_tokens().await;
+    if physical {
+        stop_merges(&clickhouse).await?;
+    }
 
     let deliveries = traffic(&args);
     let send_s = deliveries.len() as f64 / args.rate;
@@ -139,19 +151,28 @@ async fn main() -> anyhow::Result<()> {
         args.rate
     );
     let started = Instant::now();
-    let faults = tokio::spawn(run_faults(args.clone(), send_s, procs.clone(), started));
+    let after_restart = physical.then(|| ClickHouse::new(&services.clickhouse_url, &database));
+    let faults = tokio::spawn(run_faults(
+        args.clone(),
+        send_s,
+        procs.clone(),
+        started,
+        after_restart,
+    ));
     let supervisor = tokio::spawn(supervise(procs.clone()));
     let outcomes = send_all(&ingest_url, deliveries, args.rate).await;
     println!("sending done in {:.0} s", started.elapsed().as_secs_f64());
     let fault_log = faults.await??;
-    let clickhouse = ClickHouse::new(&services.clickhouse_url, &database);
     let expected = Expected::from(&outcomes);
-    let report = settle(
+    let mut report = settle(
         &clickhouse,
         &expected,
         Duration::from_secs(args.settle_timeout_s),
     )
     .await;
+    if physical {
+        report.stored = Some(stored_duplicates(&clickhouse).await?);
+    }
     supervisor.abort();
     let exits = procs.lock().unwrap().unexpected_exits;
     procs.lock().unwrap().stop_all();
@@ -169,6 +190,9 @@ async fn main() -> anyhow::Result<()> {
         "reproduce: scripts/chaos --events {} --rate {} --clickhouse-outage-s {} --broker-outage-s {} --seed {}",
         args.events, args.rate, args.clickhouse_outage_s, args.broker_outage_s, args.seed
     );
+    if args.clickhouse_service != "clickhouse" {
+        println!("  (with --clickhouse-service {})", args.clickhouse_service);
+    }
     if args.keep {
         println!("database kept: {database}");
     } else {
@@ -215,12 +239,14 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
 // --- Faults -------------------------------------------------------------------------
 
 /// Kills each component at least once at seeded random moments of the sending window;
-/// returns a line per fault.
+/// returns a line per fault. `physical`: the database whose merges to stop again once
+/// ClickHouse is back.
 async fn run_faults(
     args: Args,
     send_s: f64,
     procs: Arc<Mutex<Procs>>,
     started: Instant,
+    physical: Option<ClickHouse>,
 ) -> anyhow::Result<Vec<String>> {
     let mut rng = fastrand::Rng::with_seed(args.seed);
     let mut at = |share: f64| {
@@ -251,9 +277,14 @@ async fn run_faults(
                 )
             }
             "clickhouse" => {
-                blocking(|| dev_services("down", "clickhouse")).await;
+                let service = args.clickhouse_service.clone();
+                let again = service.clone();
+                blocking(move || dev_services("down", &service)).await;
                 tokio::time::sleep(Duration::from_secs(args.clickhouse_outage_s)).await;
-                blocking(|| dev_services("up", "clickhouse")).await;
+                blocking(move || dev_services("up", &again)).await;
+                if let Some(clickhouse) = &physical {
+                    stop_merges(clickhouse).await?;
+                }
                 format!(
                     "ClickHouse stopped at {t:.1} s, started again after {} s",
                     args.clickhouse_outage_s
@@ -487,6 +518,9 @@ struct Found {
 struct Report {
     /// (name, expected keys, found)
     tables: Vec<(&'static str, BTreeSet<String>, Found)>,
+    /// Where inserts are deduplicated by token: per storage table, rows stored more than
+    /// once (physically, merges stopped).
+    stored: Option<Vec<(Table, u64)>>,
     calls_checked: usize,
     calls_out_of_order: Vec<String>,
     calls_with_unanswered_events: usize,
@@ -507,8 +541,15 @@ impl Report {
             .sum()
     }
 
+    fn stored_duplicates(&self) -> u64 {
+        self.stored.iter().flatten().map(|(_, n)| n).sum()
+    }
+
     fn failed(&self) -> bool {
-        self.lost() > 0 || self.duplicates() > 0 || !self.calls_out_of_order.is_empty()
+        self.lost() > 0
+            || self.duplicates() > 0
+            || self.stored_duplicates() > 0
+            || !self.calls_out_of_order.is_empty()
     }
 
     fn table(&self, outcomes: &[Outcome]) -> String {
@@ -545,6 +586,14 @@ impl Report {
                 found.keys.difference(want).count(),
                 found.rows - found.keys.len()
             ));
+        }
+        if let Some(stored) = &self.stored {
+            out.push_str(
+                "\nrows stored more than once (insert deduplication tokens; merges stopped):\n",
+            );
+            for (table, n) in stored {
+                out.push_str(&format!("  {:<28}{:>8}\n", table.name(), n));
+            }
         }
         out.push('\n');
         out.push_str(&format!(
@@ -597,6 +646,56 @@ async fn settle(clickhouse: &ClickHouse, expected: &Expected, within: Duration) 
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Stops background merges of the storage tables (see `physical` in `main`), once the
+/// loader has created them.
+async fn stop_merges(clickhouse: &ClickHouse) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let want = warehouse::migrations::MIGRATIONS.len();
+    loop {
+        let applied = clickhouse
+            .rows("SELECT version FROM {db}.schema_migrations")
+            .await
+            .map(|rows| rows.len())
+            .unwrap_or(0);
+        if applied >= want {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("the loader did not create the tables within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for table in Table::ALL {
+        clickhouse
+            .execute(&format!("SYSTEM STOP MERGES {{db}}.{table}"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// Per storage table, how many rows are stored more than once: physical rows minus
+/// distinct rows. A row is one per delivery (event id and receipt time: a sender's
+/// duplicate is another delivery), a dead letter one per source record.
+async fn stored_duplicates(clickhouse: &ClickHouse) -> anyhow::Result<Vec<(Table, u64)>> {
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        let identity = if table == Table::DeadLetters {
+            "(stage, source_topic, source_partition, source_offset)"
+        } else {
+            "event_id, received_at_ms"
+        };
+        let rows = clickhouse
+            .rows(&format!(
+                "SELECT count() - uniqExact({identity}) AS n FROM {{db}}.{table}"
+            ))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        out.push((table, rows[0]["n"].as_u64().unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 async fn reconcile(clickhouse: &ClickHouse, expected: &Expected) -> Result<Report, String> {
