@@ -32,10 +32,18 @@ status=$(scripts/dev-services status)
 started_here=0
 case "$status" in *"kafka: running"*) ;; *) started_here=1 ;; esac
 case "$status" in *"clickhouse: running"*) ;; *) started_here=1 ;; esac
-if [ $started_here -eq 1 ] && [ "${KEEP_SERVICES:-0}" != 1 ]; then
-    trap 'scripts/dev-services down' EXIT
+chdb_started_here=0
+case "$status" in *"chdb: running"*) ;; *) chdb_started_here=1 ;; esac
+stop_services() {
+    if [ $started_here -eq 1 ]; then scripts/dev-services down; fi
+    if [ $chdb_started_here -eq 1 ]; then scripts/dev-services down chdb; fi
+}
+if [ "${KEEP_SERVICES:-0}" != 1 ]; then
+    trap stop_services EXIT
 fi
 scripts/dev-services up
+# The current ClickHouse engine behind the HTTP interface (a test fixture; see README).
+scripts/dev-services up chdb
 set -a
 # shellcheck disable=SC1091
 . "$ROOT/.dev-services.env"
@@ -57,6 +65,11 @@ cargo test --workspace --locked
 
 log "chaos harness, short run (SIGKILL of each service and the broker, ClickHouse stopped 10 s)"
 scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-s 5
+
+log "end-to-end tests whose behaviour differs by server version, on a current engine (chdb at $CHDB_URL)"
+CLICKHOUSE_URL=$CHDB_URL cargo test -p tests --locked \
+    --test call_ended --test bad_rows --test crash_restart --test replay --test topic_reset \
+    --test schema_version
 
 log "SQL, dashboards and analytics on ClickHouse 18.16 and on a current engine (chdb)"
 cargo build --locked -q --bins
