@@ -22,8 +22,10 @@ Rules (see scripts/cluster/README.md for why each holds):
                    CREATE TABLE IF NOT EXISTS d.V ON CLUSTER c AS d.V_local ENGINE = Distributed(c, d, V_local)
   * CREATE MATERIALIZED VIEW d.M TO d.T AS body
         -> CREATE MATERIALIZED VIEW IF NOT EXISTS d.M ON CLUSTER c TO d.T_local AS body(d.S -> d.S_local)
-  * ALTER TABLE d.T op   -> ALTER TABLE d.T_local ON CLUSTER c op ; ALTER TABLE d.T ON CLUSTER c op
-                            (column ops on both; other ops on T_local only)
+  * ALTER TABLE d.T op   -> ALTER TABLE d.T_local ON CLUSTER c op
+                            and, when op adds/drops/modifies insertable columns:
+                            DROP TABLE IF EXISTS d.T ON CLUSTER c ; CREATE TABLE IF NOT EXISTS d.T ON CLUSTER c
+                            (new column list) ENGINE = Distributed(...)   (18.16: Code 371 on ALTER of Distributed ON CLUSTER)
   {shard} and {replica} are server macros: they are left for the server to expand.
 """
 
@@ -118,6 +120,7 @@ class Rewriter:
     def __init__(self, db: str, cluster: str, views: str, dedup_window: int = DEDUP_WINDOW):
         self.db, self.cluster, self.views, self.dedup_window = db, cluster, views, dedup_window
         self.sharded: list[str] = []  # tables that got a _local + Distributed pair
+        self.columns: dict[str, list[str]] = {}  # their Distributed tables' columns
         self.shard_views: list[str] = []
 
     def to_local(self, body: str) -> str:
@@ -164,8 +167,12 @@ class Rewriter:
             if name not in self.sharded:
                 return [f"ALTER TABLE {self.db}.{name} ON CLUSTER {c} {op}"]
             out = [f"ALTER TABLE {self.db}.{name}{LOCAL_SUFFIX} ON CLUSTER {c} {op}"]
-            if re.match(r"(ADD|DROP|MODIFY|COMMENT)\s+COLUMN", op, re.I) and insertable(op):
-                out.append(f"ALTER TABLE {self.db}.{name} ON CLUSTER {c} {op}")
+            if self.change_columns(name, op):
+                # 18.16 refuses ALTER ... ON CLUSTER of a Distributed table when the shards
+                # say internal_replication (Code 371). It holds no data (inserts are
+                # synchronous), so it is created again with the new column list.
+                out.append(f"DROP TABLE IF EXISTS {self.db}.{name} ON CLUSTER {c}")
+                out.append(self.distributed(name))
             return out
 
         raise ValueError(f"no cluster rule for statement: {sql[:100]}")
@@ -195,14 +202,44 @@ class Rewriter:
             tail = f"{tail}\nSETTINGS {setting}"
         c, local = self.cluster, f"{name}{LOCAL_SUFFIX}"
         cols = ",\n    ".join(columns)
-        dist_cols = ",\n    ".join(col for col in columns if insertable(col))
         self.sharded.append(name)
+        self.columns[name] = [col for col in columns if insertable(col)]
         return [
             f"CREATE TABLE IF NOT EXISTS {self.db}.{local} ON CLUSTER {c}\n(\n    {cols}\n)\n"
             f"ENGINE = Replicated{engine}({replicated_args})\n{tail}",
-            f"CREATE TABLE IF NOT EXISTS {self.db}.{name} ON CLUSTER {c}\n(\n    {dist_cols}\n)\n"
-            f"ENGINE = Distributed({c}, {self.db}, {local}, {SHARD_KEYS[name]})",
+            self.distributed(name),
         ]
+
+    def distributed(self, name: str) -> str:
+        cols = ",\n    ".join(self.columns[name])
+        return (f"CREATE TABLE IF NOT EXISTS {self.db}.{name} ON CLUSTER {self.cluster}\n(\n    {cols}\n)\n"
+                f"ENGINE = Distributed({self.cluster}, {self.db}, {name}{LOCAL_SUFFIX}, {SHARD_KEYS[name]})")
+
+    def change_columns(self, name: str, op: str) -> bool:
+        """Applies ADD/DROP/MODIFY COLUMN clauses of an ALTER to the Distributed table's
+        column list; whether it changed."""
+        changed = False
+        for clause in split_top_level(op):
+            m = re.match(r"(ADD|DROP|MODIFY)\s+COLUMN\s+(\w+)\s*(.*)$", clause, re.I | re.S)
+            if not m:
+                continue
+            verb, col, rest = m.group(1).upper(), m.group(2), m.group(3).strip()
+            cols = self.columns[name]
+            index = next((i for i, d in enumerate(cols) if d.split()[0] == col), None)
+            rest = re.sub(r"\s+(AFTER\s+\w+|FIRST)\s*$", "", rest, flags=re.I)
+            if verb == "DROP" and index is not None:
+                del cols[index]
+            elif verb == "ADD" and index is None and insertable(f"{col} {rest}"):
+                cols.append(f"{col} {rest}")
+            elif verb == "MODIFY" and index is not None:
+                if insertable(f"{col} {rest}"):
+                    cols[index] = f"{col} {rest}"
+                else:
+                    del cols[index]
+            else:
+                continue
+            changed = True
+        return changed
 
 
 def cluster_statements(db: str, cluster: str, views: str = "over-distributed", dedup_window: int = DEDUP_WINDOW) -> list[tuple[str, list[str]]]:

@@ -91,8 +91,33 @@ check "instead: DROP TABLE distributed ON CLUSTER + CREATE it again with the new
 check "a Distributed table that lacks a column the local table has still reads the others (so: local first, then Distributed)" \
     "$(q 1 "SELECT count() FROM $DB.ev_copied")" "$(q 1 "SELECT count() FROM $DB.ev")"
 
+section "a table replicated to every server, whatever the shard (schema_migrations)"
+q 1 "CREATE TABLE IF NOT EXISTS $DB.schema_migrations ON CLUSTER $C
+(version UInt32, name String, applied_at DateTime('UTC'))
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/$DB.schema_migrations', '{replica}', applied_at)
+ORDER BY version" >/dev/null
+q 1 "INSERT INTO $DB.schema_migrations VALUES (1, 'init', '2026-01-01 00:00:00'), (2, 'entities', '2026-01-01 00:00:00')" insert_quorum=2
+check "a ZooKeeper path without {shard} makes every server a replica: a quorum insert on server 1 is read on server 2" \
+    "$(q 2 "SELECT max(version), count() FROM $DB.schema_migrations FINAL")" "2	2"
+check "... and the replicas are ch1 and ch2, in either layout" "$(zk_children /clickhouse/tables/all/$DB.schema_migrations/replicas)" "ch1 ch2"
+
+section "partition operations ON CLUSTER on a replicated table (loader_blocks retention)"
+q 1 "CREATE TABLE IF NOT EXISTS $DB.blocks_local ON CLUSTER $C
+(consumer_group String, topic String, partition Int32, first_offset Int64, last_offset Int64, recorded_at DateTime('UTC'))
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/$DB.blocks', '{replica}')
+PARTITION BY toYYYYMM(recorded_at) ORDER BY (consumer_group, topic, partition, first_offset)" >/dev/null
+q 1 "CREATE TABLE IF NOT EXISTS $DB.blocks ON CLUSTER $C
+(consumer_group String, topic String, partition Int32, first_offset Int64, last_offset Int64, recorded_at DateTime('UTC'))
+ENGINE = Distributed($C, $DB, blocks_local, cityHash64(consumer_group, topic, partition))" >/dev/null
+q 1 "INSERT INTO $DB.blocks SELECT 'g', 'webhooks.normalized', toInt32(number % 12), number * 100, number * 100 + 99, if(number < 30, '2026-01-15 00:00:00', '2026-02-15 00:00:00') FROM numbers(60)" insert_distributed_sync=1
+sync_replicas blocks_local
+check "the block log read through Distributed with FINAL finds a range wherever its partition's rows live" \
+    "$(q 2 "SELECT last_offset FROM $DB.blocks FINAL WHERE consumer_group = 'g' AND topic = 'webhooks.normalized' AND partition = 7 AND first_offset = 4300 LIMIT 1")" 4399
+check "ALTER TABLE local ON CLUSTER DROP PARTITION drops the month on every shard and replica" \
+    "$(q_err 1 "ALTER TABLE $DB.blocks_local ON CLUSTER $C DROP PARTITION 202601") $(sync_replicas blocks_local)$(q 1 "SELECT count() FROM $DB.blocks") $(q 2 "SELECT count() FROM $DB.blocks_local WHERE recorded_at < '2026-02-01 00:00:00'")" "no error 30 0"
+
 section "DROP DATABASE ... ON CLUSTER"
 q 1 "DROP DATABASE $DB ON CLUSTER $C" >/dev/null
-check "dropping every replica of a table removes its ZooKeeper path (/clickhouse/tables/<shard>/$DB.*)" \
-    "$(q 1 "SELECT count() FROM system.zookeeper WHERE path = '/clickhouse/tables/01' AND name LIKE '$DB.%'")" 0
+check "dropping every replica of a table removes its ZooKeeper path (/clickhouse/tables/{01,02,all}/$DB.*)" \
+    "$(for p in 01 02 all; do q 1 "SELECT count() FROM system.zookeeper WHERE path = '/clickhouse/tables/$p' AND name LIKE '$DB.%'" 2>/dev/null || echo 0; done | tr '\n' ' ')" "0 0 0 "
 finish
