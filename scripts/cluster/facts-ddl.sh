@@ -78,7 +78,7 @@ check "the column reached every replica of every shard" \
     "$(q 1 "SELECT count() FROM system.columns WHERE database = '$DB' AND table = 'ev_local' AND name = 'note'") $(q 2 "SELECT count() FROM system.columns WHERE database = '$DB' AND table = 'ev_local' AND name = 'note'")" "1 1"
 check "ALTER TABLE distributed ON CLUSTER is refused when the cluster's shards say internal_replication (Code 371)" \
     "$(q_err 1 "ALTER TABLE $DB.ev ON CLUSTER $C ADD COLUMN note String DEFAULT ''")" "Code 371"
-note "$(last_error)"
+note "$(last_error 400)"
 q 1 "DROP TABLE IF EXISTS $DB.ev ON CLUSTER $C" >/dev/null
 q 1 "CREATE TABLE IF NOT EXISTS $DB.ev ON CLUSTER $C
 (

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers for the checks under scripts/cluster/ (sourced, not run). They talk to the
 # servers that scripts/cluster-services started, reading .cluster-services.env.
 #
