@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::sync::LazyLock;
 
 use apache_avro::rabin::Rabin;
-use apache_avro::{from_avro_datum, from_value, write_avro_datum_ref, Schema};
+use apache_avro::{write_avro_datum_ref, Schema};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::records::{DeadLetter, NormalizedEvent, RawEnvelope};
@@ -54,12 +54,17 @@ pub enum CodecError {
 
 /// Encodes records of type `T` with the newest schema and decodes records written with
 /// any released schema.
+///
+/// Decoding reads the datum straight into `T` with `serde_avro_fast`, driven by the
+/// writer's schema: no intermediate value tree, one allocation per string. That is
+/// enough for every released version, because each version only adds optional fields:
+/// a field an older writer did not have is simply absent, and `T` takes its default.
 pub struct Codec<T> {
     record: &'static str,
     current: Schema,
     current_fingerprint: [u8; 8],
-    /// (fingerprint, schema) of every released version, newest included.
-    versions: Vec<([u8; 8], Schema)>,
+    /// (fingerprint, schema to decode with) of every released version, newest included.
+    versions: Vec<([u8; 8], serde_avro_fast::Schema)>,
     _record: PhantomData<fn() -> T>,
 }
 
@@ -67,18 +72,26 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
     /// Builds a codec from schema texts, oldest first. Panics on an unparsable schema:
     /// the texts are compiled in, so that is a bug caught by the unit tests.
     fn new(record: &'static str, schemas: &[&str]) -> Codec<T> {
-        let versions: Vec<([u8; 8], Schema)> = schemas
+        let invalid = |e: &dyn std::fmt::Display| -> ! {
+            panic!("compiled-in {record} schema is invalid: {e}")
+        };
+        let parsed: Vec<Schema> = schemas
             .iter()
-            .map(|text| {
-                let schema = Schema::parse_str(text)
-                    .unwrap_or_else(|e| panic!("compiled-in {record} schema is invalid: {e}"));
-                (fingerprint(&schema), schema)
+            .map(|text| Schema::parse_str(text).unwrap_or_else(|e| invalid(&e)))
+            .collect();
+        let versions = schemas
+            .iter()
+            .zip(&parsed)
+            .map(|(text, schema)| {
+                let fast: serde_avro_fast::Schema = text.parse().unwrap_or_else(|e| invalid(&e));
+                (fingerprint(schema), fast)
             })
             .collect();
-        let (current_fingerprint, current) = versions
+        let current = parsed
             .last()
             .cloned()
             .unwrap_or_else(|| panic!("no {record} schema"));
+        let current_fingerprint = fingerprint(&current);
         Codec {
             record,
             current,
@@ -116,12 +129,13 @@ impl<T: Serialize + DeserializeOwned> Codec<T> {
             .ok_or_else(|| CodecError::UnknownSchema {
                 fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
             })?;
-        let mut datum = &bytes[HEADER_LEN..];
-        // Schema resolution is costly and needed only for records of an older version.
-        let reader = (fp != self.current_fingerprint).then_some(&self.current);
-        let value =
-            from_avro_datum(writer, &mut datum, reader).map_err(|e| self.err("decode", e))?;
-        from_value(&value).map_err(|e| self.err("decode", e))
+        serde_avro_fast::from_datum_slice(&bytes[HEADER_LEN..], writer).map_err(|e| {
+            CodecError::Avro {
+                op: "decode",
+                record: self.record,
+                message: e.to_string(),
+            }
+        })
     }
 
     fn err(&self, op: &'static str, e: apache_avro::Error) -> CodecError {
