@@ -15,6 +15,8 @@ use crate::batch::{Batch, FlushReason};
 pub const RECORDS_IN_TOTAL: &str = "loader_records_in_total";
 /// Rows ClickHouse accepted, by storage table.
 pub const ROWS_WRITTEN_TOTAL: &str = "loader_rows_written_total";
+/// Insert statements ClickHouse accepted, by storage table (each one a new part).
+pub const INSERTS_TOTAL: &str = "loader_inserts_total";
 /// Batches written, by flush reason (`rows`, `bytes`, `age`, `block`, `shutdown`).
 pub const BATCHES_TOTAL: &str = "loader_batches_total";
 /// Records per batch.
@@ -37,6 +39,7 @@ pub struct Metrics {
     pub registry: Registry,
     records_in: IntCounterVec,
     rows_written: IntCounterVec,
+    inserts: IntCounterVec,
     batches: IntCounterVec,
     batch_records: Histogram,
     insert_duration: Histogram,
@@ -61,6 +64,12 @@ impl Default for Metrics {
                 &registry,
                 ROWS_WRITTEN_TOTAL,
                 "Rows ClickHouse accepted, by storage table.",
+                &["table"],
+            ),
+            inserts: counter_vec(
+                &registry,
+                INSERTS_TOTAL,
+                "Insert statements ClickHouse accepted, by storage table.",
                 &["table"],
             ),
             batches: counter_vec(
@@ -116,6 +125,7 @@ impl Default for Metrics {
         }
         for table in Table::ALL {
             metrics.rows_written.with_label_values(&[table.name()]);
+            metrics.inserts.with_label_values(&[table.name()]);
         }
         for reason in FlushReason::ALL {
             metrics.batches.with_label_values(&[reason.as_str()]);
@@ -158,6 +168,11 @@ impl Metrics {
             let delay_ms = (now_ms - row.received_at_ms as i64).max(0);
             self.event_delay.observe(delay_ms as f64 / 1000.0);
         }
+    }
+
+    /// Counts one insert statement the server accepted.
+    pub fn inserted(&self, table: Table) {
+        self.inserts.with_label_values(&[table.name()]).inc();
     }
 
     pub fn dead_lettered(&self, reason: &str, n: u64) {

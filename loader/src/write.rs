@@ -241,7 +241,7 @@ impl Writer {
                 }
             });
             match self.sink.insert(&rows[lo..hi], token.as_deref()).await {
-                Ok(()) => {}
+                Ok(()) => self.metrics.inserted(table),
                 Err(e) if e.is_bad_data() && hi - lo == 1 => {
                     let row = &rows[lo];
                     rejected.push(Rejected {
