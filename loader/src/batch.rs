@@ -1,9 +1,12 @@
-//! Batching: one batch per Kafka partition, so that every insert covers one contiguous
-//! offset range of one partition (a *block* that can be cut again the same way after a
-//! restart). Rows accumulate until a row count, a byte size or an age is reached, or,
-//! when a block is being redone, until its recorded end. The flush decision is a pure
-//! function of the batch and `now`.
+//! Batching: the rows of one topic waiting to be written, from any of the partitions the
+//! loader reads, and the offset range of each partition they cover (its *segment*). A
+//! batch is written as a *block* (one insert per table), so the number of inserts does
+//! not grow with the partition count. Rows accumulate until a row count, a byte size or
+//! an age is reached, or, when a recorded block is being redone, until each of its
+//! ranges is complete again. The flush decision is a pure function of the batch and
+//! `now`.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use schemas::{DeadLetter, NormalizedEvent};
@@ -24,7 +27,7 @@ pub enum FlushReason {
     Rows,
     Bytes,
     Age,
-    /// The batch reached the end of a block recorded before a restart.
+    /// The batch repeats a block recorded before a restart, and is complete again.
     Block,
     Shutdown,
 }
@@ -50,13 +53,13 @@ impl FlushReason {
 }
 
 impl FlushPolicy {
-    /// Whether `batch` must be written at `now`, and why. A batch redoing a recorded
-    /// block is written exactly when it reaches that block's last offset, whatever its
-    /// size or age, so that the insert is the same as before.
+    /// Whether `batch` must be written at `now`, and why. A batch repeating a recorded
+    /// block is written exactly when every range of that block is complete again,
+    /// whatever its size or age, so that the insert is the same as before.
     pub fn due(&self, batch: &Batch, now: Instant) -> Option<FlushReason> {
         let started = batch.started?;
-        if let Some(planned) = batch.planned_last {
-            return (batch.last_offset >= planned).then_some(FlushReason::Block);
+        if let Some(planned) = &batch.planned {
+            return batch.completes(planned).then_some(FlushReason::Block);
         }
         if batch.events >= self.max_rows {
             Some(FlushReason::Rows)
@@ -70,24 +73,39 @@ impl FlushPolicy {
     }
 }
 
-/// Rows of one partition waiting to be written, and the offsets they cover.
+/// The offsets of one partition a batch covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// The incarnation of the topic the offsets belong to (see `block`).
+    pub epoch: u32,
+    pub first: i64,
+    pub last: i64,
+    /// Fingerprint of the record at `first` (see `block::fingerprint`).
+    pub first_record: u64,
+}
+
+/// A block recorded before a restart that a batch repeats: its name and, per partition,
+/// the last offset of its range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub name: String,
+    pub last: BTreeMap<i32, i64>,
+}
+
+/// Rows of one topic waiting to be written, and the offsets they cover.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub tables: Tables,
-    /// First and last offset read into the batch (meaningful once `started` is set).
-    pub first_offset: i64,
-    pub last_offset: i64,
-    /// The last offset of the block this batch redoes, when one was recorded before.
-    pub planned_last: Option<i64>,
-    /// The incarnation of the partition's topic the block belongs to (see `block`).
-    pub epoch: u32,
-    /// Fingerprint of the block's first record (see `block::fingerprint`).
-    pub first_record: u64,
-    /// The `loaded_at` its rows carry, chosen once per block, Unix milliseconds.
+    /// Per partition, the range of offsets read into the batch.
+    pub segments: BTreeMap<i32, Segment>,
+    /// The recorded block this batch repeats, if it repeats one.
+    pub planned: Option<Planned>,
+    /// The `loaded_at` its rows carry, chosen once per block (the recorded one when a
+    /// block is repeated), Unix milliseconds.
     pub loaded_at_ms: u64,
-    /// The offset of each event, in the order of `tables.raw` (every event has exactly
-    /// one raw row), to name the record of a row ClickHouse refuses.
-    pub raw_offsets: Vec<i64>,
+    /// The partition and offset of each event, in the order of `tables.raw` (every event
+    /// has exactly one raw row), to name the record of a row ClickHouse refuses.
+    pub raw_offsets: Vec<(i32, i64)>,
     /// One span per record, continuing its webhook's trace; closed once it is written.
     pub spans: Vec<tracing::Span>,
     /// Messages in the batch.
@@ -97,44 +115,82 @@ pub struct Batch {
     pub started: Option<Instant>,
 }
 
+/// Where a message read at an offset of a partition starts its segment, when it is the
+/// partition's first message in the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+    pub epoch: u32,
+    pub first_record: u64,
+}
+
 impl Batch {
-    /// Adds the rows of a normalized event read at `offset`.
-    pub fn add_event(&mut self, event: NormalizedEvent, offset: i64, now: Instant) {
-        let bytes = self.tables.add_event(event);
-        self.raw_offsets.push(offset);
-        self.count(bytes, offset, now);
+    /// A batch that repeats `planned`, with the rows' recorded `loaded_at`.
+    pub fn repeating(planned: Planned, loaded_at_ms: u64) -> Batch {
+        Batch {
+            planned: Some(planned),
+            loaded_at_ms,
+            ..Batch::default()
+        }
     }
 
-    /// Adds a dead letter read at `offset`.
-    pub fn add_dead_letter(&mut self, letter: DeadLetter, offset: i64, now: Instant) {
+    /// Adds the rows of a normalized event.
+    pub fn add_event(&mut self, event: NormalizedEvent, at: Origin, now: Instant) {
+        let bytes = self.tables.add_event(event);
+        self.raw_offsets.push((at.partition, at.offset));
+        self.count(bytes, at, now);
+    }
+
+    /// Adds a dead letter.
+    pub fn add_dead_letter(&mut self, letter: DeadLetter, at: Origin, now: Instant) {
         let bytes = self.tables.add_dead_letter(letter);
-        self.count(bytes, offset, now);
+        self.count(bytes, at, now);
     }
 
     /// Counts a message that adds no rows (it was dead-lettered), so its offset is
     /// stored with the batch.
-    pub fn skip(&mut self, offset: i64, now: Instant) {
-        self.count(0, offset, now);
+    pub fn skip(&mut self, at: Origin, now: Instant) {
+        self.count(0, at, now);
     }
 
-    fn count(&mut self, bytes: usize, offset: i64, now: Instant) {
-        if self.started.is_none() {
-            self.started = Some(now);
-            self.first_offset = offset;
-        }
+    fn count(&mut self, bytes: usize, at: Origin, now: Instant) {
+        self.started.get_or_insert(now);
         self.events += 1;
         self.bytes += bytes;
-        self.last_offset = self.last_offset.max(offset);
+        self.segments
+            .entry(at.partition)
+            .and_modify(|s| s.last = s.last.max(at.offset))
+            .or_insert(Segment {
+                epoch: at.epoch,
+                first: at.offset,
+                last: at.offset,
+                first_record: at.first_record,
+            });
     }
 
-    /// The offset an event was read at.
-    pub fn offset_of(&self, event_id: &str) -> Option<i64> {
+    /// Whether every range of `planned` is read in full.
+    fn completes(&self, planned: &Planned) -> bool {
+        planned.last.iter().all(|(partition, last)| {
+            self.segments
+                .get(partition)
+                .is_some_and(|s| s.last >= *last)
+        })
+    }
+
+    /// The partition and offset an event was read at.
+    pub fn offset_of(&self, event_id: &str) -> Option<(i32, i64)> {
         let index = self
             .tables
             .raw
             .iter()
             .position(|r| r.event_id == event_id)?;
         self.raw_offsets.get(index).copied()
+    }
+
+    /// Whether `partition` has records in the batch.
+    pub fn covers(&self, partition: i32) -> bool {
+        self.segments.contains_key(&partition)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,6 +219,15 @@ mod tests {
         }
     }
 
+    fn at(partition: i32, offset: i64) -> Origin {
+        Origin {
+            partition,
+            offset,
+            epoch: 0,
+            first_record: 7,
+        }
+    }
+
     #[test]
     fn an_empty_batch_is_never_due() {
         let t0 = Instant::now();
@@ -177,10 +242,10 @@ mod tests {
         let t0 = Instant::now();
         let mut batch = Batch::default();
         for offset in 0..2 {
-            batch.add_event(event(1), offset, t0);
+            batch.add_event(event(1), at(0, offset), t0);
         }
         assert_eq!(POLICY.due(&batch, t0), None);
-        batch.add_event(event(1), 2, t0);
+        batch.add_event(event(1), at(1, 0), t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Rows));
     }
 
@@ -188,7 +253,7 @@ mod tests {
     fn flushes_when_the_byte_size_is_reached() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(20_000), 0, t0);
+        batch.add_event(event(20_000), at(0, 0), t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Bytes));
     }
 
@@ -196,8 +261,8 @@ mod tests {
     fn flushes_when_the_first_row_is_old_enough() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(1), 0, t0);
-        batch.add_event(event(1), 1, t0 + Duration::from_millis(400));
+        batch.add_event(event(1), at(0, 0), t0);
+        batch.add_event(event(1), at(2, 9), t0 + Duration::from_millis(400));
         assert_eq!(POLICY.due(&batch, t0 + Duration::from_millis(499)), None);
         assert_eq!(
             POLICY.due(&batch, t0 + Duration::from_millis(500)),
@@ -206,31 +271,38 @@ mod tests {
     }
 
     #[test]
-    fn covers_one_offset_range_and_counts_dead_letters() {
+    fn covers_one_offset_range_per_partition_and_counts_dead_letters() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(1), 5, t0);
-        batch.skip(6, t0);
-        batch.add_event(event(1), 7, t0);
-        assert_eq!((batch.first_offset, batch.last_offset), (5, 7));
-        assert_eq!((batch.events, batch.tables.raw.len()), (3, 2));
-        assert_eq!(batch.offset_of("e"), Some(5));
+        batch.add_event(event(1), at(0, 5), t0);
+        batch.add_event(event(1), at(1, 40), t0);
+        batch.skip(at(0, 6), t0);
+        batch.add_event(event(1), at(0, 7), t0);
+        let ranges: Vec<(i32, i64, i64)> = batch
+            .segments
+            .iter()
+            .map(|(p, s)| (*p, s.first, s.last))
+            .collect();
+        assert_eq!(ranges, [(0, 5, 7), (1, 40, 40)]);
+        assert_eq!((batch.events, batch.tables.raw.len()), (4, 3));
+        assert_eq!(batch.offset_of("e"), Some((0, 5)));
         assert_eq!(batch.offset_of("other"), None);
     }
 
     #[test]
-    fn a_redone_block_is_written_at_its_recorded_end_and_not_before() {
+    fn a_repeated_block_is_written_when_every_range_is_complete_and_not_before() {
         let t0 = Instant::now();
-        let mut batch = Batch {
-            planned_last: Some(12),
-            ..Batch::default()
+        let planned = Planned {
+            name: "g:t:0:10-12,1:3-3".into(),
+            last: BTreeMap::from([(0, 12), (1, 3)]),
         };
-        for offset in 10..12 {
-            batch.add_event(event(20_000), offset, t0);
+        let mut batch = Batch::repeating(planned, 1);
+        for offset in 10..=12 {
+            batch.add_event(event(20_000), at(0, offset), t0);
         }
-        // Over every limit, but the block before the restart went up to 12.
+        // Over every limit, but partition 1's range is not read yet.
         assert_eq!(POLICY.due(&batch, t0 + Duration::from_secs(60)), None);
-        batch.add_event(event(1), 12, t0);
+        batch.add_event(event(1), at(1, 3), t0);
         assert_eq!(POLICY.due(&batch, t0), Some(FlushReason::Block));
     }
 }

@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use warehouse::{StoreRow, Table};
 
-use crate::batch::{Batch, FlushReason};
-use crate::block::{self, Plan};
+use std::collections::BTreeMap;
+
+use crate::batch::{Batch, FlushReason, Segment};
+use crate::block::{self, Plan, Step};
 use crate::consume::TopicPartition;
 use crate::metrics::Metrics;
 use crate::sink::{Block, Sink, SinkError};
@@ -55,39 +57,38 @@ impl Writer {
         }
     }
 
-    /// How to cut the batch that starts at `first_offset` with a record of fingerprint
-    /// `first_record`: repeating a block recorded before a restart (same end, same
-    /// `loaded_at`), or a new block, in a new epoch when the partition's offsets
-    /// restarted. Without an answer from `loader_blocks` the batch is cut as a new block
-    /// of the newest epoch known: its rows may then be stored twice, and the views still
-    /// show them once.
+    /// What a partition's records are from `offset` on, where the record read has the
+    /// fingerprint `first_record` (see `block::plan`). Without an answer from
+    /// `loader_blocks` they are taken as new, of the newest epoch known: rows may then be
+    /// stored twice, and the views still show them once.
     pub async fn plan(
         &self,
         tp: &TopicPartition,
-        first_offset: i64,
+        offset: i64,
         first_record: u64,
         known_epoch: u32,
     ) -> Plan {
-        let now_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
         if !self.sink.block_log {
-            return block::plan(None, 0, first_record, now_ms);
+            return block::plan(None, 0, first_record);
         }
-        match self
-            .sink
-            .recorded_block(&self.group, tp, first_offset)
-            .await
-        {
+        match self.sink.recorded_range(&self.group, tp, offset).await {
             Ok((recorded, max_epoch)) => {
-                let plan = block::plan(recorded, max_epoch.max(known_epoch), first_record, now_ms);
-                if let Some(last) = plan.planned_last {
-                    tracing::info!(partition = %tp, first_offset, last, epoch = plan.epoch, "Redoing a recorded block");
+                let plan = block::plan(recorded, max_epoch.max(known_epoch), first_record);
+                match &plan.step {
+                    Step::Skip { last } => {
+                        tracing::info!(partition = %tp, offset, last, "Skipping records a written block holds")
+                    }
+                    Step::Repeat { block, last, .. } => {
+                        tracing::info!(partition = %tp, offset, last, block, "Records of a block that was being written")
+                    }
+                    Step::New => {}
                 }
                 if plan.restarted {
                     tracing::warn!(
                         partition = %tp,
-                        first_offset,
+                        offset,
                         epoch = plan.epoch,
-                        "Kafka offsets restarted (topic recreated or its data reset): offset {first_offset} holds another record than the block recorded there; new blocks of this partition belong to epoch {}, so their deduplication tokens cannot match older blocks",
+                        "Kafka offsets restarted (topic recreated or its data reset): offset {offset} holds another record than the block recorded there; new blocks of this partition belong to epoch {}, so their deduplication tokens cannot match older blocks",
                         plan.epoch
                     );
                     self.metrics.offsets_restarted.inc();
@@ -95,49 +96,61 @@ impl Writer {
                 plan
             }
             Err(e) => {
-                tracing::warn!(error = %e, partition = %tp, "Recorded blocks not readable; cutting a new block");
-                block::plan(None, known_epoch, first_record, now_ms)
+                tracing::warn!(error = %e, partition = %tp, "Recorded blocks not readable; taking the records as new");
+                block::plan(None, known_epoch, first_record)
             }
         }
     }
 
-    /// Writes one partition's batch, retrying with backoff until ClickHouse accepts it
-    /// or `stop` is cancelled (then `None`: not written, its offsets are not to be
-    /// stored); sends the rows refused for their values to the DLQ. Returns the last
-    /// offset of the block.
+    /// Per partition, the last offset of each range of the recorded block `name`.
+    pub async fn ranges(&self, topic: &str, name: &str) -> Result<BTreeMap<i32, i64>, SinkError> {
+        self.sink.block_ranges(&self.group, topic, name).await
+    }
+
+    /// Writes a batch of `topic` as one block, retrying with backoff until ClickHouse
+    /// accepts it or `stop` is cancelled (then `None`: not written, its offsets are not
+    /// to be stored); sends the rows refused for their values to the DLQ. A new block is
+    /// recorded in `loader_blocks` first; every block is marked done once written.
+    /// Returns the ranges the block covered.
     pub async fn write_block(
         &self,
-        tp: &TopicPartition,
-        batch: Batch,
+        topic: &str,
+        mut batch: Batch,
         reason: FlushReason,
         stop: &CancellationToken,
-    ) -> Result<Option<i64>, RunError> {
-        let (first, last) = (batch.first_offset, batch.last_offset);
-        let block = block::name(
-            &self.group,
-            &tp.topic,
-            tp.partition,
-            batch.epoch,
-            first,
-            last,
-        );
+    ) -> Result<Option<BTreeMap<i32, Segment>>, RunError> {
+        if batch.loaded_at_ms == 0 {
+            batch.loaded_at_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
+        }
+        let name = match &batch.planned {
+            Some(planned) => planned.name.clone(),
+            None => block::name(&self.group, topic, &batch.segments),
+        };
         let record = Block {
-            epoch: batch.epoch,
-            first_offset: first,
-            last_offset: last,
-            first_record: batch.first_record,
+            name: &name,
+            segments: &batch.segments,
             loaded_at_ms: batch.loaded_at_ms,
         };
         let started = Instant::now();
         let insert_span =
-            tracing::info_span!("clickhouse_insert", block = %block, events = batch.events);
+            tracing::info_span!("clickhouse_insert", block = %name, events = batch.events);
         let mut attempt = 0;
+        let mut recorded = batch.planned.is_some();
         let rejected = loop {
             let result = async {
-                if self.sink.block_log && batch.planned_last != Some(last) {
-                    self.sink.record_block(&self.group, tp, &record).await?;
+                if self.sink.block_log && !recorded {
+                    self.sink
+                        .record_block(&self.group, topic, &record, false)
+                        .await?;
+                    recorded = true;
                 }
-                self.write_tables(&batch, &block).await
+                let rejected = self.write_tables(&batch, &name).await?;
+                if self.sink.block_log {
+                    self.sink
+                        .record_block(&self.group, topic, &record, true)
+                        .await?;
+                }
+                Ok::<_, SinkError>(rejected)
             }
             .instrument(insert_span.clone())
             .await;
@@ -159,19 +172,17 @@ impl Writer {
             }
         };
         for refused in &rejected {
-            self.set_aside(tp, &batch, refused).await?;
+            self.set_aside(topic, &batch, refused).await?;
         }
         tracing::debug!(
-            partition = %tp,
-            first,
-            last,
+            block = %name,
             events = batch.events,
             refused = rejected.len(),
             reason = reason.as_str(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Batch written"
         );
-        let source = if tp.topic == self.dlq_topic {
+        let source = if topic == self.dlq_topic {
             "dlq"
         } else {
             "normalized"
@@ -185,11 +196,10 @@ impl Writer {
             runtime::now_ms(),
         );
         for span in &batch.spans {
-            span.record("block", block.as_str());
+            span.record("block", name.as_str());
         }
         // Dropping the batch closes its spans: each event's trace ends at its insert.
-        drop(batch);
-        Ok(Some(last))
+        Ok(Some(std::mem::take(&mut batch.segments)))
     }
 
     /// Writes a batch, one insert per storage table (`raw_events_store` last, so that an
@@ -267,15 +277,16 @@ impl Writer {
     /// `dead_letters`). A refused dead letter is only logged: sending it back would loop.
     async fn set_aside(
         &self,
-        tp: &TopicPartition,
+        topic: &str,
         batch: &Batch,
         refused: &Rejected,
     ) -> Result<(), RunError> {
-        let offset = batch.offset_of(&refused.event_id).unwrap_or(-1);
+        let (partition, offset) = batch.offset_of(&refused.event_id).unwrap_or((-1, -1));
         tracing::warn!(
             table = %refused.table,
             event_id = %refused.event_id,
-            partition = %tp,
+            topic,
+            partition,
             offset,
             error = %refused.error,
             "ClickHouse refused a row; dead-lettering it"
@@ -285,8 +296,8 @@ impl Writer {
             return Ok(());
         }
         let position = Position {
-            topic: tp.topic.clone(),
-            partition: tp.partition,
+            topic: topic.to_owned(),
+            partition,
             offset,
         };
         let letter = DeadLetter::of_record(

@@ -93,6 +93,8 @@ pub struct IngestOptions {
     pub spool_dir: Option<std::path::PathBuf>,
     pub produce_timeout_ms: u64,
     pub max_in_flight: usize,
+    /// Partitions of the pipeline's topics.
+    pub partitions: i32,
 }
 
 impl Default for IngestOptions {
@@ -101,6 +103,7 @@ impl Default for IngestOptions {
             spool_dir: None,
             produce_timeout_ms: 10_000,
             max_in_flight: 4096,
+            partitions: 3,
         }
     }
 }
@@ -151,6 +154,7 @@ impl Pipeline {
             format!("--raw-topic={name}.raw"),
             format!("--normalized-topic={name}.normalized"),
             format!("--dlq-topic={name}.dlq"),
+            format!("--topic-partitions={}", ingest_options.partitions),
             format!("--log-filter={log_filter}"),
         ];
         let transform_config: transform::Config = parse(

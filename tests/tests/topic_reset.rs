@@ -6,29 +6,39 @@
 
 use std::time::Duration;
 
-use tests::{call_step, Pipeline, Stages};
+use tests::{call_step, IngestOptions, Pipeline, Stages};
 
+/// A multiple of the block size: every block is cut by size.
 const CALLS: i64 = 30;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_after_the_topics_are_recreated_all_land() {
-    let mut pipeline = Pipeline::start(Stages {
-        transform: false,
-        loader: false,
-    })
+    // One partition, and blocks cut by size from a backlog: the same ranges in both
+    // lives of the topics, so without epochs the second life's blocks would carry the
+    // first life's names.
+    let mut pipeline = Pipeline::start_with(
+        Stages {
+            transform: false,
+            loader: false,
+        },
+        IngestOptions {
+            partitions: 1,
+            ..IngestOptions::default()
+        },
+    )
     .await;
-    // Small blocks, cut by size: the same ranges in both lives of the topics.
     pipeline.loader_config.block_log = loader::config::Switch::On;
     pipeline.loader_config.batch.batch_max_rows = 5;
+    pipeline.loader_config.batch.batch_max_age_ms = 60_000;
     let transform = pipeline.start_transform();
+    post_calls(&pipeline, 7_000_000).await;
     let loader = pipeline.start_loader();
     let physical = pipeline.stop_merges_when_ready().await;
-
-    post_calls(&pipeline, 7_000_000).await;
+    let first_life = CALLS as usize;
     pipeline
         .wait_for_rows(
             "SELECT event_id FROM {db}.raw_events",
-            CALLS as usize,
+            first_life,
             Duration::from_secs(60),
         )
         .await
@@ -38,9 +48,9 @@ async fn events_after_the_topics_are_recreated_all_land() {
     pipeline.stop_instance(loader).await;
     pipeline.recreate_topics().await;
     pipeline.start_transform();
+    post_calls(&pipeline, 7_100_000).await;
     pipeline.start_loader();
 
-    post_calls(&pipeline, 7_100_000).await;
     let total = 2 * CALLS as usize;
     pipeline
         .wait_for_rows(

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "loader_block_epochs",
         sql: include_str!("../migrations/0005_loader_block_epochs.sql"),
     },
+    Migration {
+        version: 6,
+        name: "loader_block_ranges",
+        sql: include_str!("../migrations/0006_loader_block_ranges.sql"),
+    },
 ];
 
 /// Whether `statement` adds a column, so that "the column already exists" (code 15,
