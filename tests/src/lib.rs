@@ -58,6 +58,15 @@ impl Services {
     }
 }
 
+/// The settings a service process needs on the single-node development broker (the
+/// defaults are those of a three-broker cluster).
+pub fn single_broker_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_TOPIC_REPLICATION", "1".into()),
+        ("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", "1".into()),
+    ]
+}
+
 /// A name no other test run uses: `prefix_<pid>_<time>_<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -155,6 +164,9 @@ impl Pipeline {
             format!("--normalized-topic={name}.normalized"),
             format!("--dlq-topic={name}.dlq"),
             format!("--topic-partitions={}", ingest_options.partitions),
+            // The development broker is a single node.
+            "--topic-replication=1".into(),
+            "--topic-min-insync-replicas=1".into(),
             format!("--log-filter={log_filter}"),
         ];
         let transform_config: transform::Config = parse(
@@ -365,7 +377,12 @@ impl Pipeline {
             assert!(Instant::now() < deadline, "topics not deleted within 60 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        self.kafka.ensure_topics(&names).await.unwrap();
+        let topics = [
+            self.topics.raw(),
+            self.topics.normalized(),
+            self.topics.dlq(),
+        ];
+        self.kafka.create_missing_topics(&topics).await.unwrap();
     }
 
     /// Fails the test if a service stopped on its own (its error is in the log).

@@ -24,7 +24,7 @@ use runtime::{KafkaArgs, TopicArgs};
 use schemas::{avro, RawEnvelope};
 use serde_json::Value;
 use tests::procs::Procs;
-use tests::{sample, unique, ClickHouse, Services};
+use tests::{sample, single_broker_env, unique, ClickHouse, Services};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -214,9 +214,11 @@ async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
         brokers: services.kafka_brokers.clone(),
         topic_partitions: args.partitions,
         topic_replication: 1,
+        topic_min_insync_replicas: 1,
+        raw_retention_ms: -1,
     };
     kafka
-        .ensure_topics(&[&topics.normalized_topic, &topics.dlq_topic])
+        .create_missing_topics(&[topics.normalized(), topics.dlq()])
         .await?;
 
     // Fill the normalized topic.
@@ -272,7 +274,7 @@ async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
         "loader",
         &bin_dir(&args.bin_dir)?,
         &run_dir,
-        &[],
+        &single_broker_env(),
         &[
             ("KAFKA_BROKERS", services.kafka_brokers.clone()),
             ("KAFKA_TOPIC_NORMALIZED", topics.normalized_topic.clone()),
@@ -422,7 +424,7 @@ async fn freshness(args: &FreshnessArgs) -> anyhow::Result<FreshnessResult> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let common = vec![
+    let mut common = vec![
         ("KAFKA_BROKERS", services.kafka_brokers.clone()),
         ("KAFKA_TOPIC_RAW", format!("{name}.raw")),
         ("KAFKA_TOPIC_NORMALIZED", format!("{name}.normalized")),
@@ -431,6 +433,7 @@ async fn freshness(args: &FreshnessArgs) -> anyhow::Result<FreshnessResult> {
         ("METRICS_LISTEN", String::new()),
         ("RUST_LOG", log_filter()),
     ];
+    common.extend(single_broker_env());
     let bins = bin_dir(&args.bin_dir)?;
     let mut procs = Procs::default();
     procs.add(

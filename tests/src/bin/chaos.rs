@@ -90,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
         ("KAFKA_TOPIC_NORMALIZED", format!("{name}.normalized")),
         ("KAFKA_TOPIC_DLQ", format!("{name}.dlq")),
         ("KAFKA_TOPIC_PARTITIONS", "3".into()),
+        // The development broker is a single node.
+        ("KAFKA_TOPIC_REPLICATION", "1".into()),
+        ("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", "1".into()),
         ("LOG_FORMAT", "text".into()),
         ("RUST_LOG", "info".into()),
     ];
