@@ -609,15 +609,23 @@ pub fn fixture_names() -> Vec<String> {
 /// Runs `scripts/dev-services <action> <service>` (`up`, `down`, `kill`; `kafka` or
 /// `clickhouse`), for fault tests.
 pub fn dev_services(action: &str, service: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-services");
-    let status = std::process::Command::new(script)
-        .args([action, service])
+    run_script("dev-services", &[action, service]);
+}
+
+/// Runs `scripts/cluster-services <action> <node>` (`up`, `kill`; `kafka-1`…`kafka-3`,
+/// `clickhouse-1`, `clickhouse-2`), for the fault tests of cluster mode.
+pub fn cluster_services(action: &str, node: &str) {
+    run_script("cluster-services", &[action, node]);
+}
+
+/// Runs `scripts/<name> <args>`; fails unless it succeeds.
+fn run_script(name: &str, args: &[&str]) {
+    let script = format!("{}/../scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new(&script)
+        .args(args)
         .status()
-        .expect("running scripts/dev-services");
-    assert!(
-        status.success(),
-        "scripts/dev-services {action} {service} failed"
-    );
+        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
+    assert!(status.success(), "scripts/{name} {} failed", args.join(" "));
 }
 
 /// One step of a call's ordered history: step 0 is `call-ended`, later steps modify the
