@@ -50,9 +50,12 @@ set -a
 set +a
 
 log "shell scripts parse"
-for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/chaos .ci/run; do
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/chaos .ci/run \
+    scripts/cluster-services scripts/cluster-test scripts/cluster/check-sql scripts/cluster/lib.sh \
+    scripts/cluster/facts-*.sh scripts/cluster/kafka-cli scripts/cluster/zk; do
     bash -n "$script"
 done
+python3 -m py_compile scripts/cluster/cluster_ddl.py scripts/cluster/same_answers.py scripts/cluster/kafka_durability.py
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
