@@ -86,4 +86,5 @@ fi
 
 log "docker-compose config"
 docker-compose -f docker-compose.yml config -q
-echo "docker-compose.yml is valid"
+docker-compose -f docker-compose.yml -f docker-compose.cluster.yml config -q
+echo "docker-compose.yml (alone and with docker-compose.cluster.yml) is valid"
