@@ -58,7 +58,7 @@ impl TopicArgs {
 pub enum TopicError {
     #[error(transparent)]
     Setting(#[from] KafkaConfigError),
-    #[error("KAFKA_TOPIC_REPLICATION is {replication} but the cluster has {brokers} broker{s}: topic {topic} cannot be created; start more brokers, or set KAFKA_TOPIC_REPLICATION and KAFKA_TOPIC_MIN_INSYNC_REPLICAS to 1 for a single broker", s = plural(.brokers))]
+    #[error("KAFKA_TOPIC_REPLICATION is {replication} but the cluster has {brokers} broker{s}: topic {topic} cannot be created; start more brokers, or lower KAFKA_TOPIC_REPLICATION and KAFKA_TOPIC_MIN_INSYNC_REPLICAS (1 and 1 for a single broker)", s = plural(.brokers))]
     TooFewBrokers {
         replication: i32,
         brokers: usize,
@@ -259,8 +259,8 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "KAFKA_TOPIC_REPLICATION is 3 but the cluster has 1 broker: topic webhooks.raw \
-             cannot be created; start more brokers, or set KAFKA_TOPIC_REPLICATION and \
-             KAFKA_TOPIC_MIN_INSYNC_REPLICAS to 1 for a single broker"
+             cannot be created; start more brokers, or lower KAFKA_TOPIC_REPLICATION and \
+             KAFKA_TOPIC_MIN_INSYNC_REPLICAS (1 and 1 for a single broker)"
         );
         let two = kafka(3, 2).missing(&[Topic::Raw("r")], &view(2, &[]));
         assert!(two.unwrap_err().to_string().contains("has 2 brokers:"));
