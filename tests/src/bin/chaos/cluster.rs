@@ -143,10 +143,13 @@ impl PlacementReport {
 /// the shard `key % shards` names (server n serves shard n, as scripts/cluster-services
 /// lays them out); in 1 shard x N replicas, every key on every server.
 pub(crate) async fn check_placement(
-    cluster: &str,
+    layout: &Layout,
     urls: &[String],
     database: &str,
 ) -> anyhow::Result<PlacementReport> {
+    let cluster = layout
+        .cluster()
+        .context("the placement check needs a cluster")?;
     let servers: Vec<ClickHouse> = urls.iter().map(|u| ClickHouse::new(u, database)).collect();
     let shape = servers[0]
         .rows(&format!(
@@ -174,7 +177,7 @@ pub(crate) async fn check_placement(
             .strip_prefix("cityHash64(")
             .and_then(|k| k.strip_suffix(')'))
             .with_context(|| format!("shard key of {table} is not cityHash64(…): {key}"))?;
-        let local = format!("{{db}}.{table}_local");
+        let local = format!("{{db}}.{}", layout.local_table(table));
         let mut per_server = Vec::new();
         let mut off_key = 0;
         for (n, server) in servers.iter().enumerate() {

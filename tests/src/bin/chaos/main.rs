@@ -183,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         report.stored = Some(stored_duplicates(&clickhouse).await?);
     }
     let placement = match layout.cluster() {
-        Some(cluster) => Some(cluster::check_placement(cluster, &urls, &database).await?),
+        Some(_) => Some(cluster::check_placement(&layout, &urls, &database).await?),
         None => None,
     };
     supervisor.abort();
