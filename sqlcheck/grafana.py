@@ -44,6 +44,20 @@ def expand(sql: str, values: dict, frm: int, to: int, db: str = "switchboard") -
     return sql.replace("switchboard.", f"{db}.")
 
 
+def resolve_one(run, var: dict, values: dict, frm: int, to: int, db: str = "switchboard", selected: dict | None = None,
+                use_all_value: bool = True) -> str:
+    """The expansion of one variable, given those before it (see `resolve`)."""
+    name = var["name"]
+    if var["type"] != "query":
+        return var["current"]["value"]
+    if selected and name in selected:
+        return ",".join(quote(v) for v in selected[name]) or "''"
+    if use_all_value and var.get("allValue") and var["current"]["value"] in (["$__all"], "$__all"):
+        return var["allValue"]
+    found = run(expand(var["query"], values, frm, to, db))
+    return ",".join(quote(next(iter(r.values()))) for r in found) or "''"
+
+
 def resolve(run, dashboard: dict, frm: int, to: int, db: str = "switchboard", selected: dict | None = None,
             use_all_value: bool = True) -> dict:
     """Expansions of the dashboard's variables. `run(sql)` returns rows as dicts.
@@ -52,17 +66,7 @@ def resolve(run, dashboard: dict, frm: int, to: int, db: str = "switchboard", se
     behaved)."""
     values: dict = {}
     for var in dashboard["templating"]["list"]:
-        name = var["name"]
-        if var["type"] != "query":
-            values[name] = var["current"]["value"]
-            continue
-        if selected and name in selected:
-            values[name] = ",".join(quote(v) for v in selected[name]) or "''"
-        elif use_all_value and var.get("allValue") and var["current"]["value"] in (["$__all"], "$__all"):
-            values[name] = var["allValue"]
-        else:
-            found = run(expand(var["query"], values, frm, to, db))
-            values[name] = ",".join(quote(next(iter(r.values()))) for r in found) or "''"
+        values[var["name"]] = resolve_one(run, var, values, frm, to, db, selected, use_all_value)
     return values
 
 
