@@ -433,24 +433,71 @@ FROM {db}.raw_events_store_v2;
 
 DROP TABLE IF EXISTS {db}.raw_events;
 
+-- Per-event views: one row per stored event (a redone block's copy and a replay's older
+-- normalization collapse; the newest load wins). GROUP BY rather than FINAL, because
+-- 18.16 pushes a reader's WHERE on the key columns into a GROUP BY view, not into a FINAL
+-- one; the inner query renames the columns so the aggregates can take the plain names.
+-- Nullable values go through a one-element tuple: 18.16's argMax skips NULL values, the
+-- current engine's keeps them; a tuple is compared and kept the same way by both.
 CREATE VIEW IF NOT EXISTS {db}.raw_events AS
 SELECT
-    event_id, tenant, event, status, entity, entity_id, received_at, source_addr,
-    payload, error, toDateTime(intDiv(loaded_at_ms, 1000), 'UTC') AS loaded_at
-FROM {db}.raw_events_store_v2 FINAL;
+    event_id, tenant, argMax(e_event, v) AS event, argMax(e_status, v) AS status,
+    argMax(e_entity, v) AS entity, argMax(e_entity_id, v) AS entity_id, received_at,
+    argMax(e_source_addr, v) AS source_addr, argMax(e_payload, v) AS payload,
+    argMax(e_error, v) AS error, toDateTime(intDiv(max(v), 1000), 'UTC') AS loaded_at
+FROM
+(
+    SELECT
+        tenant, received_at, event_id, event AS e_event, status AS e_status, entity AS e_entity,
+        entity_id AS e_entity_id, source_addr AS e_source_addr, payload AS e_payload,
+        error AS e_error, loaded_at_ms AS v
+    FROM {db}.raw_events_store_v2
+)
+GROUP BY tenant, received_at, event_id;
 
 DROP TABLE IF EXISTS {db}.call_events;
 
 CREATE VIEW IF NOT EXISTS {db}.call_events AS
 SELECT
-    event_id, tenant, event, call_id, received_at, direction, started_at, ended_at,
-    utc_offset_s, duration_s, talk_time_s, waiting_time_s, abandoned, voicemail, call_type,
-    sub_type, tags, recording_urls, line_id, line_number, line_alias, campaign, ring_group_id,
-    ring_group, disposition_id, disposition_code, disposition_note, contact_id, contact_phone,
-    transfer_number, transfer_talk_time_s, external_numbers, agent_ids, agent_names,
-    agent_actions, agent_types, toDateTime(intDiv(loaded_at_ms, 1000), 'UTC') AS loaded_at,
+    event_id, tenant, argMax(e_event, v) AS event, call_id, argMax(e_received_at, v) AS received_at,
+    argMax(e_direction, v) AS direction, tupleElement(argMax(tuple(e_started_at), v), 1) AS started_at,
+    tupleElement(argMax(tuple(e_ended_at), v), 1) AS ended_at, tupleElement(argMax(tuple(e_utc_offset_s), v), 1) AS utc_offset_s,
+    tupleElement(argMax(tuple(e_duration_s), v), 1) AS duration_s, tupleElement(argMax(tuple(e_talk_time_s), v), 1) AS talk_time_s,
+    tupleElement(argMax(tuple(e_waiting_time_s), v), 1) AS waiting_time_s, tupleElement(argMax(tuple(e_abandoned), v), 1) AS abandoned,
+    tupleElement(argMax(tuple(e_voicemail), v), 1) AS voicemail, argMax(e_call_type, v) AS call_type,
+    argMax(e_sub_type, v) AS sub_type, argMax(e_tags, v) AS tags,
+    argMax(e_recording_urls, v) AS recording_urls, tupleElement(argMax(tuple(e_line_id), v), 1) AS line_id,
+    argMax(e_line_number, v) AS line_number, argMax(e_line_alias, v) AS line_alias,
+    argMax(e_campaign, v) AS campaign, tupleElement(argMax(tuple(e_ring_group_id), v), 1) AS ring_group_id,
+    argMax(e_ring_group, v) AS ring_group, tupleElement(argMax(tuple(e_disposition_id), v), 1) AS disposition_id,
+    argMax(e_disposition_code, v) AS disposition_code,
+    argMax(e_disposition_note, v) AS disposition_note, tupleElement(argMax(tuple(e_contact_id), v), 1) AS contact_id,
+    argMax(e_contact_phone, v) AS contact_phone, argMax(e_transfer_number, v) AS transfer_number,
+    tupleElement(argMax(tuple(e_transfer_talk_time_s), v), 1) AS transfer_talk_time_s,
+    argMax(e_external_numbers, v) AS external_numbers, argMax(e_agent_ids, v) AS agent_ids,
+    argMax(e_agent_names, v) AS agent_names, argMax(e_agent_actions, v) AS agent_actions,
+    argMax(e_agent_types, v) AS agent_types, toDateTime(intDiv(max(v), 1000), 'UTC') AS loaded_at,
     key_day
-FROM {db}.call_events_store_v2 FINAL;
+FROM
+(
+    SELECT
+        tenant, key_day, call_id, event_id, event AS e_event, received_at AS e_received_at,
+        direction AS e_direction, started_at AS e_started_at, ended_at AS e_ended_at,
+        utc_offset_s AS e_utc_offset_s, duration_s AS e_duration_s, talk_time_s AS e_talk_time_s,
+        waiting_time_s AS e_waiting_time_s, abandoned AS e_abandoned, voicemail AS e_voicemail,
+        call_type AS e_call_type, sub_type AS e_sub_type, tags AS e_tags,
+        recording_urls AS e_recording_urls, line_id AS e_line_id, line_number AS e_line_number,
+        line_alias AS e_line_alias, campaign AS e_campaign, ring_group_id AS e_ring_group_id,
+        ring_group AS e_ring_group, disposition_id AS e_disposition_id,
+        disposition_code AS e_disposition_code, disposition_note AS e_disposition_note,
+        contact_id AS e_contact_id, contact_phone AS e_contact_phone,
+        transfer_number AS e_transfer_number, transfer_talk_time_s AS e_transfer_talk_time_s,
+        external_numbers AS e_external_numbers, agent_ids AS e_agent_ids,
+        agent_names AS e_agent_names, agent_actions AS e_agent_actions,
+        agent_types AS e_agent_types, loaded_at_ms AS v
+    FROM {db}.call_events_store_v2
+)
+GROUP BY tenant, key_day, call_id, event_id;
 
 DROP TABLE IF EXISTS {db}.dead_letters;
 
