@@ -243,6 +243,39 @@ def test_a_replayed_event_replaces_its_older_normalization(engine, db):
     assert rows(engine, f"SELECT count() FROM {db}.raw_events WHERE status = 'unrecognized'") == [["0"]]
 
 
+def test_a_replay_that_empties_a_value_needs_a_rebuild(engine, db):
+    # The live states only take values in: a replay whose fixed row no longer has a value
+    # (or a recording URL) leaves the old one in `calls` until the month is rebuilt from
+    # the per-event table (scripts/backfill-0004 --phase rebuild), which `call_events`
+    # shows at once.
+    apply_all(engine, db)
+    insert(engine, db, "call_events_store_v2", [call("e0", T0 - 60, disposition_code="FIRST")])
+    insert(engine, db, "call_events_store_v2", [call("e1", T0, talk_time_s=10, disposition_code="WRONG", recording_urls=["https://r/x"])])
+    insert(engine, db, "call_events_store_v2", [call("e1", T0, loaded_s=T0 + 86400)])  # the replay: no value
+    assert rows(engine, f"SELECT talk_time_s, disposition_code = '' FROM {db}.call_events WHERE event_id = 'e1'") == [["\\N", "1"]]
+    query = f"SELECT talk_time_s, disposition_code, recording_urls, events FROM {db}.calls"
+    assert rows(engine, query) == [["10", "WRONG", "['https://r/x']", "2"]]
+    backfill_module().rebuild(Backfill(engine, db), ["202603"])
+    assert rows(engine, query) == [["\\N", "FIRST", "[]", "2"]]
+
+
+class Backfill:
+    """The part of scripts/backfill-0004's job that `rebuild` uses."""
+
+    def __init__(self, engine, db):
+        self.engine, self.db, self.log = engine, db, lambda *a: None
+
+
+def backfill_module():
+    import importlib.machinery
+    import importlib.util
+    path = Path(__file__).parent.parent / "scripts" / "backfill-0004"
+    loader = importlib.machinery.SourceFileLoader("backfill_0004", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("backfill_0004", loader))
+    loader.exec_module(module)
+    return module
+
+
 def test_equal_receipt_times_do_not_depend_on_insert_order(engine, db):
     # Two events of one call received in the same millisecond and loaded in one block:
     # the larger value wins, whatever the order of rows and parts.
