@@ -18,6 +18,7 @@ pub mod batch;
 pub mod block;
 pub mod config;
 pub mod consume;
+pub mod known;
 pub mod metrics;
 pub mod sink;
 pub mod write;
@@ -78,6 +79,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         topics.dlq_topic.clone(),
         config.group_id.clone(),
         metrics,
+        &config.dedup,
     ));
     let result = consume::Consume::new(&config, &consumer, writer)
         .run(&shutdown)

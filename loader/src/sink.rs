@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clickhouse::Client;
 use warehouse::migrations::{adds_a_column, Migration, MIGRATIONS};
+use warehouse::resolve::EntityKeyRow;
 use warehouse::{StoreRow, Table};
 
 use std::collections::BTreeMap;
@@ -74,6 +75,15 @@ impl SinkError {
         }
     }
 
+    /// Whether an `ADD COLUMN` failed because the column exists.
+    fn is_existing_column(&self) -> bool {
+        match self.server_code() {
+            Some(DUPLICATE_COLUMN) => true,
+            Some(ILLEGAL_COLUMN) => self.to_string().contains("already exists"),
+            _ => false,
+        }
+    }
+
     /// Whether the server refused some of the rows for their values: the other rows of
     /// the insert can go in without them.
     pub fn is_bad_data(&self) -> bool {
@@ -109,8 +119,10 @@ const SCHEMA_CODES: &[u32] = &[
     81, // UNKNOWN_DATABASE
 ];
 
-/// `DUPLICATE_COLUMN`: an `ADD COLUMN` of a column that exists.
+/// `DUPLICATE_COLUMN`: an `ADD COLUMN` of a column that exists (current servers).
 const DUPLICATE_COLUMN: u32 = 15;
+/// `ILLEGAL_COLUMN`: what ClickHouse 18.16 answers to the same.
+const ILLEGAL_COLUMN: u32 = 44;
 
 /// The `N` of `Code: N.` in a ClickHouse error body (18.16 sends no error-code header).
 fn error_code(body: &str) -> Option<u32> {
@@ -262,8 +274,7 @@ impl Sink {
         for statement in migration.statements(&self.database) {
             match self.execute(&statement).await {
                 // Applied before this migration was interrupted (see `adds_a_column`).
-                Err(e)
-                    if adds_a_column(&statement) && e.server_code() == Some(DUPLICATE_COLUMN) => {}
+                Err(e) if adds_a_column(&statement) && e.is_existing_column() => {}
                 result => result?,
             }
         }
@@ -417,6 +428,61 @@ impl Sink {
         self.insert_into("loader_blocks", &rows, None).await
     }
 
+    /// The first receipt of every event received since `since_s` (Unix seconds), at
+    /// most `limit` of the newest.
+    pub async fn recent_receipts(
+        &self,
+        since_s: u32,
+        limit: usize,
+    ) -> Result<Vec<(String, String, u64)>, SinkError> {
+        self.client
+            .query(&format!(
+                "SELECT tenant, event_id, min(received_at_ms) AS first FROM {} \
+                 WHERE received_at >= toDateTime(?) GROUP BY tenant, event_id \
+                 ORDER BY first DESC LIMIT {limit}",
+                Table::RawEvents.name()
+            ))
+            .bind(since_s)
+            .fetch_all()
+            .await
+            .map_err(SinkError::at("reading recent receipts"))
+    }
+
+    /// The days `entity_keys` holds for some entities of one tenant and kind.
+    pub async fn key_days(
+        &self,
+        tenant: &str,
+        entity: &str,
+        ids: &[&str],
+    ) -> Result<Vec<(String, u16)>, SinkError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A literal list: 18.16 uses the primary key for `IN (…)`, not for has(?, …).
+        let list: Vec<String> = ids.iter().map(|id| string_literal(id)).collect();
+        self.client
+            .query(&format!(
+                "SELECT entity_id, argMin(key_day, (first_received_at_ms, key_day)) AS day \
+                 FROM entity_keys WHERE tenant = ? AND entity = ? AND entity_id IN ({}) \
+                 GROUP BY entity_id",
+                list.join(",")
+            ))
+            .bind(tenant)
+            .bind(entity)
+            .fetch_all()
+            .await
+            .map_err(SinkError::at("reading entity_keys"))
+    }
+
+    /// Stores new entity keys, before the rows that use them.
+    pub async fn insert_keys(
+        &self,
+        keys: &[EntityKeyRow],
+        token: Option<&str>,
+    ) -> Result<(), SinkError> {
+        self.insert_into("entity_keys", keys, token).await
+    }
+
     /// Inserts `rows` into their table, with `token` as the insert's deduplication token.
     pub async fn insert<T>(&self, rows: &[T], token: Option<&str>) -> Result<(), SinkError>
     where
@@ -460,6 +526,11 @@ impl Sink {
             .await
             .map_err(SinkError::at(format!("insert into {table}")))
     }
+}
+
+/// A ClickHouse string literal.
+fn string_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The `(major, minor)` of a ClickHouse version string such as `18.16.1` or `24.8.4.13`.
@@ -529,6 +600,16 @@ mod tests {
         assert!(supports_dedup_token("24.8.4.13"));
         assert_eq!(server_version("18.16.1"), Some((18, 16)));
         assert_eq!(server_version("24"), None);
+    }
+
+    #[test]
+    fn an_existing_column_is_told_apart_on_both_versions() {
+        assert!(bad_response("Code: 15. DB::Exception: Cannot add column x: column with this name already exists. (DUPLICATE_COLUMN)").is_existing_column());
+        assert!(bad_response("Code: 44, e.displayText() = DB::Exception: Cannot add column http_status: column with this name already exists").is_existing_column());
+        assert!(
+            !bad_response("Code: 44, e.displayText() = DB::Exception: Cannot convert column")
+                .is_existing_column()
+        );
     }
 
     #[test]

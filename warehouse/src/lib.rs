@@ -7,6 +7,7 @@
 //! `clickhouse` feature derives the `clickhouse` crate's `Row` for the loader.
 
 pub mod migrations;
+pub mod resolve;
 pub mod rows;
 pub mod table;
 
