@@ -39,6 +39,16 @@ pub struct Config {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running the service.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Create the database and apply the migrations it has not seen, then exit (the
+    /// service also does this at start on a single server).
+    Migrate,
 }
 
 /// How to reach ClickHouse.

@@ -88,6 +88,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     result
 }
 
+/// `loader migrate`: creates the database and applies pending migrations, then returns
+/// the schema version.
+pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u32, RunError> {
+    match connect(config, shutdown).await? {
+        Some(sink) => Ok(sink.schema_version()),
+        None => Ok(0),
+    }
+}
+
 /// Connects to ClickHouse, retrying while it is starting up; `None` on shutdown.
 async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option<Sink>, RunError> {
     let deadline = Instant::now() + CONNECT_PATIENCE;

@@ -174,6 +174,8 @@ pub struct Sink {
     pub dedup_tokens: bool,
     /// Every insert's offset range is recorded in `loader_blocks` first.
     pub block_log: bool,
+    /// The database's schema version once migrated.
+    version: u32,
     /// Inserts ask for `async_insert=0`: a block must be its own insert, acknowledged
     /// once written (servers that know the setting; current ones may default it to 1).
     sync_inserts: bool,
@@ -208,8 +210,9 @@ impl Sink {
             dedup_tokens: has_tokens && block_log,
             block_log,
             sync_inserts: has_tokens,
+            version: 0,
         };
-        sink.migrate().await?;
+        let schema_version = sink.migrate().await?;
         if has_tokens {
             for table in Table::ALL {
                 sink.execute(&format!(
@@ -236,11 +239,18 @@ impl Sink {
                 .client
                 .with_database(&args.database)
                 .with_validation(validation),
+            version: schema_version,
             ..sink
         })
     }
 
-    async fn migrate(&self) -> Result<(), SinkError> {
+    /// The database's schema version (its newest migration applied).
+    pub fn schema_version(&self) -> u32 {
+        self.version
+    }
+
+    /// Applies the migrations the database has not seen; returns its schema version.
+    async fn migrate(&self) -> Result<u32, SinkError> {
         let db = &self.database;
         self.execute(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
             .await?;
@@ -267,7 +277,7 @@ impl Sink {
         for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
             self.apply(migration).await?;
         }
-        Ok(())
+        Ok(known)
     }
 
     async fn apply(&self, migration: &Migration) -> Result<(), SinkError> {
