@@ -74,6 +74,9 @@ CLICKHOUSE_URL=$CHDB_URL cargo test -p tests --locked \
     --test call_ended --test bad_rows --test crash_restart --test replay --test topic_reset \
     --test schema_version
 
+log "chaos harness, short run on the current engine (inserts stored twice counted too)"
+scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-s 5 --clickhouse-service chdb
+
 log "SQL, dashboards and analytics on ClickHouse 18.16 and on a current engine (chdb)"
 cargo build --locked -q --bins
 export SIMULATE_BIN=$ROOT/target/debug/simulate

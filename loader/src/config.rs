@@ -23,6 +23,8 @@ pub struct Config {
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub batch: BatchArgs,
+    #[command(flatten)]
+    pub dedup: DedupArgs,
     /// Whether each insert's offset range is recorded in `loader_blocks` before it is
     /// written, so that after a crash the same blocks are inserted again (which servers
     /// with insert deduplication tokens then drop): `auto` records them on those servers.
@@ -37,6 +39,16 @@ pub struct Config {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running the service.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Create the database and apply the migrations it has not seen, then exit (the
+    /// service also does this at start on a single server).
+    Migrate,
 }
 
 /// How to reach ClickHouse.
@@ -113,6 +125,20 @@ impl Switch {
             Switch::Auto => supported,
         }
     }
+}
+
+/// How far back a sender's duplicate is recognized before it is written.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DedupArgs {
+    /// Receipts of the events of this many past seconds are held in memory, so that a
+    /// sender's late retry of one of them is not written again (an older one is).
+    #[arg(long, env = "LOADER_DEDUP_WINDOW_S", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(60..=30 * 86_400))]
+    pub dedup_window_s: u64,
+    /// At most this many receipts are held (about 50 bytes each); the oldest go first.
+    #[arg(long, env = "LOADER_DEDUP_MAX_EVENTS", default_value_t = 2_000_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1000..))]
+    pub dedup_max_events: usize,
 }
 
 /// When a batch is written to ClickHouse.

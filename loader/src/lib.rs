@@ -18,6 +18,7 @@ pub mod batch;
 pub mod block;
 pub mod config;
 pub mod consume;
+pub mod known;
 pub mod metrics;
 pub mod sink;
 pub mod write;
@@ -78,12 +79,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         topics.dlq_topic.clone(),
         config.group_id.clone(),
         metrics,
+        &config.dedup,
     ));
     let result = consume::Consume::new(&config, &consumer, writer)
         .run(&shutdown)
         .await;
     runtime::kafka::commit_on_exit(&consumer);
     result
+}
+
+/// `loader migrate`: creates the database and applies pending migrations, then returns
+/// the schema version.
+pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u32, RunError> {
+    match connect(config, shutdown).await? {
+        Some(sink) => Ok(sink.schema_version()),
+        None => Ok(0),
+    }
 }
 
 /// Connects to ClickHouse, retrying while it is starting up; `None` on shutdown.

@@ -31,6 +31,8 @@ pub const DEAD_LETTERED_TOTAL: &str = "loader_dead_lettered_total";
 pub const EVENT_DELAY_SECONDS: &str = "loader_event_delay_seconds";
 /// Records of the consumed topics not yet committed by the group.
 pub const CONSUMER_LAG_RECORDS: &str = "loader_consumer_lag_records";
+/// Deliveries not written because their event was stored with an earlier receipt.
+pub const DUPLICATES_DROPPED_TOTAL: &str = "loader_duplicates_dropped_total";
 /// Times a partition's offsets were found restarted (topic recreated, Kafka data reset).
 pub const OFFSETS_RESTARTED_TOTAL: &str = "loader_offsets_restarted_total";
 
@@ -48,6 +50,7 @@ pub struct Metrics {
     event_delay: Histogram,
     pub lag: IntGauge,
     pub offsets_restarted: IntCounter,
+    pub duplicates_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -111,6 +114,11 @@ impl Default for Metrics {
                 &registry,
                 CONSUMER_LAG_RECORDS,
                 "Records of the consumed topics not yet committed by the group.",
+            ),
+            duplicates_dropped: counter(
+                &registry,
+                DUPLICATES_DROPPED_TOTAL,
+                "Deliveries not written: their event was stored with an earlier receipt.",
             ),
             offsets_restarted: counter(
                 &registry,

@@ -12,6 +12,14 @@ use tracing::Instrument as _;
 use warehouse::{StoreRow, Table};
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use schemas::Entity;
+use warehouse::resolve::{self, EntityRef, Settled};
+
+use crate::config::DedupArgs;
+use crate::known::Known;
 
 use crate::batch::{Batch, FlushReason, Segment};
 use crate::block::{self, Plan, Step};
@@ -38,6 +46,13 @@ pub struct Writer {
     dlq_topic: String,
     group: String,
     pub(crate) metrics: Metrics,
+    /// What is stored, as far as settling a block needs (see `known`).
+    known: Mutex<Known>,
+    /// How far back the receipts held reach, in milliseconds.
+    dedup_window_ms: u64,
+    /// The receipts held must be read again (at start, and after a partition was
+    /// resumed: another loader may have written its events meanwhile).
+    stale: AtomicBool,
 }
 
 impl Writer {
@@ -47,14 +62,25 @@ impl Writer {
         dlq_topic: String,
         group: String,
         metrics: Metrics,
+        dedup: &DedupArgs,
     ) -> Writer {
+        let dedup_window_ms = dedup.dedup_window_s.saturating_mul(1000);
         Writer {
             sink,
             dlq,
             dlq_topic,
             group,
             metrics,
+            known: Mutex::new(Known::new(dedup_window_ms, dedup.dedup_max_events)),
+            dedup_window_ms,
+            stale: AtomicBool::new(true),
         }
+    }
+
+    /// A partition was resumed somewhere: the receipts held are read again before the
+    /// next block.
+    pub fn resumed(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 
     /// What a partition's records are from `offset` on, where the record read has the
@@ -122,27 +148,38 @@ impl Writer {
         if batch.loaded_at_ms == 0 {
             batch.loaded_at_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
         }
+        batch.tables.stamp(batch.loaded_at_ms);
         let name = match &batch.planned {
             Some(planned) => planned.name.clone(),
             None => block::name(&self.group, topic, &batch.segments),
-        };
-        let record = Block {
-            name: &name,
-            segments: &batch.segments,
-            loaded_at_ms: batch.loaded_at_ms,
         };
         let started = Instant::now();
         let insert_span =
             tracing::info_span!("clickhouse_insert", block = %name, events = batch.events);
         let mut attempt = 0;
         let mut recorded = batch.planned.is_some();
+        let mut settled: Option<Settled> = None;
+        let token = self.sink.dedup_tokens.then_some(name.as_str());
         let rejected = loop {
             let result = async {
+                if settled.is_none() {
+                    settled = Some(self.settle(&mut batch).await?);
+                }
+                let new_keys = settled.as_ref().map_or(&[][..], |s| &s.new_keys[..]);
+                let record = Block {
+                    name: &name,
+                    segments: &batch.segments,
+                    loaded_at_ms: batch.loaded_at_ms,
+                };
                 if self.sink.block_log && !recorded {
                     self.sink
                         .record_block(&self.group, topic, &record, false)
                         .await?;
                     recorded = true;
+                }
+                if !new_keys.is_empty() {
+                    let token = token.map(|block| format!("{block}/entity_keys"));
+                    self.sink.insert_keys(new_keys, token.as_deref()).await?;
                 }
                 let rejected = self.write_tables(&batch, &name).await?;
                 if self.sink.block_log {
@@ -171,6 +208,7 @@ impl Writer {
                 return Ok(None);
             }
         };
+        self.remember(&batch, settled.as_ref());
         for refused in &rejected {
             self.set_aside(topic, &batch, refused).await?;
         }
@@ -200,6 +238,90 @@ impl Writer {
         }
         // Dropping the batch closes its spans: each event's trace ends at its insert.
         Ok(Some(std::mem::take(&mut batch.segments)))
+    }
+
+    /// Drops the block's sender duplicates and gives its rows their entities' days (see
+    /// `warehouse::resolve`), reading what it needs of what is stored.
+    async fn settle(&self, batch: &mut Batch) -> Result<Settled, SinkError> {
+        if batch.tables.raw.is_empty() {
+            return Ok(Settled::default());
+        }
+        if self.stale.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.read_receipts().await {
+                self.stale.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        let wanted = resolve::entities(&batch.tables);
+        let unknown: Vec<EntityRef> = self
+            .known
+            .lock()
+            .expect("known lock")
+            .unknown_days(&wanted)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut groups: BTreeMap<(&str, Entity), Vec<&str>> = BTreeMap::new();
+        for (tenant, entity, id) in &unknown {
+            groups.entry((tenant, *entity)).or_default().push(id);
+        }
+        for ((tenant, entity), ids) in groups {
+            for chunk in ids.chunks(1000) {
+                let days = self.sink.key_days(tenant, entity.as_str(), chunk).await?;
+                let mut known = self.known.lock().expect("known lock");
+                for (id, day) in days {
+                    known.day((tenant.to_owned(), entity, id), day);
+                }
+            }
+        }
+        let now_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
+        let settled = {
+            let known = self.known.lock().expect("known lock");
+            resolve::settle(&mut batch.tables, &*known, now_ms)
+        };
+        let mut kept = settled.kept_raw.iter();
+        batch.raw_offsets.retain(|_| *kept.next().unwrap_or(&true));
+        if settled.duplicates > 0 {
+            self.metrics
+                .duplicates_dropped
+                .inc_by(settled.duplicates as u64);
+        }
+        Ok(settled)
+    }
+
+    /// Reads the first receipts of the events of the dedup window.
+    async fn read_receipts(&self) -> Result<(), SinkError> {
+        let window_s = i64::try_from(self.dedup_window_ms / 1000).unwrap_or(i64::MAX);
+        let since_s =
+            u32::try_from((runtime::now_ms() / 1000).saturating_sub(window_s)).unwrap_or_default();
+        let limit = self.known.lock().expect("known lock").capacity();
+        let receipts = self.sink.recent_receipts(since_s, limit).await?;
+        let mut known = self.known.lock().expect("known lock");
+        for (tenant, event_id, received_at_ms) in &receipts {
+            known.receipt(tenant, event_id, *received_at_ms);
+        }
+        tracing::info!(
+            events = receipts.len(),
+            window_s,
+            "Read the receipts of recent events"
+        );
+        Ok(())
+    }
+
+    /// Holds what a written block stored: its events' receipts and its new entity days.
+    fn remember(&self, batch: &Batch, settled: Option<&Settled>) {
+        let mut known = self.known.lock().expect("known lock");
+        for r in &batch.tables.raw {
+            known.receipt(&r.tenant, &r.event_id, r.received_at_ms);
+        }
+        for key in settled.iter().flat_map(|s| &s.new_keys) {
+            if let Some(entity) = Entity::from_name(&key.entity) {
+                known.day(
+                    (key.tenant.clone(), entity, key.entity_id.clone()),
+                    key.key_day,
+                );
+            }
+        }
     }
 
     /// Writes a batch, one insert per storage table (`raw_events_store` last, so that an

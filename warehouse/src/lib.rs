@@ -9,6 +9,7 @@
 
 pub mod layout;
 pub mod migrations;
+pub mod resolve;
 pub mod rows;
 pub mod table;
 

@@ -26,12 +26,12 @@ impl Table {
     /// The table's name in ClickHouse (also the `table` label of the loader's metrics).
     pub fn name(self) -> &'static str {
         match self {
-            Table::RawEvents => "raw_events_store",
-            Table::CallEvents => "call_events_store",
-            Table::ContactEvents => "contact_events_store",
-            Table::ContactListEvents => "contact_list_events_store",
-            Table::MessageEvents => "message_events_store",
-            Table::DeadLetters => "dead_letters_store",
+            Table::RawEvents => "raw_events_store_v2",
+            Table::CallEvents => "call_events_store_v2",
+            Table::ContactEvents => "contact_events_store_v2",
+            Table::ContactListEvents => "contact_list_events_store_v2",
+            Table::MessageEvents => "message_events_store_v2",
+            Table::DeadLetters => "dead_letters_store_v2",
         }
     }
 

@@ -57,23 +57,19 @@ pub enum Placement {
 /// columns, and of (tenant, entity id) for entity data.
 const OTHER_SHARD_KEYS: &[(&str, &str)] = &[
     // Block-log reads go by group, topic and partition: one shard answers them.
+    ("loader_blocks", "cityHash64(consumer_group, topic, partition)"),
+    // The per-event tables of 0001/0002, kept for the backfill of 0007: as their
+    // successors in `Table`.
+    ("raw_events_store", "cityHash64(tenant, event_id)"),
+    ("call_events_store", "cityHash64(tenant, call_id)"),
+    ("contact_events_store", "cityHash64(tenant, contact_id)"),
+    ("contact_list_events_store", "cityHash64(tenant, list_id)"),
+    ("message_events_store", "cityHash64(tenant, message_id)"),
     (
-        "loader_blocks",
-        "cityHash64(consumer_group, topic, partition)",
-    ),
-    // Migration 0007 (analytics state). Per-event tables as their 0001/0002 versions.
-    ("raw_events_store_v2", "cityHash64(tenant, event_id)"),
-    ("call_events_store_v2", "cityHash64(tenant, call_id)"),
-    ("contact_events_store_v2", "cityHash64(tenant, contact_id)"),
-    (
-        "contact_list_events_store_v2",
-        "cityHash64(tenant, list_id)",
-    ),
-    ("message_events_store_v2", "cityHash64(tenant, message_id)"),
-    (
-        "dead_letters_store_v2",
+        "dead_letters_store",
         "cityHash64(stage, source_topic, source_partition, source_offset)",
     ),
+    // The day of each entity: read back by the loader with a GROUP BY over all shards.
     ("entity_keys", "cityHash64(tenant, entity_id)"),
     // Aggregate states are written by materialized views, which fire on the shard that
     // received the insert: their keys name the shard of the events that feed them, for

@@ -98,6 +98,8 @@ async fn main() -> anyhow::Result<()> {
         ("KAFKA_TOPIC_PARTITIONS", "3".into()),
         ("LOG_FORMAT", "text".into()),
         ("RUST_LOG", "info".into()),
+        // No metrics endpoint: its fixed port may be taken by another process here.
+        ("METRICS_LISTEN", String::new()),
     ];
     common.extend(args.cluster.kafka_env());
     let mut procs = Procs::default();

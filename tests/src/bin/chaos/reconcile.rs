@@ -154,7 +154,7 @@ impl Report {
         }
         if let Some(stored) = &self.stored {
             out.push_str(
-                "\nrows stored more than once (insert deduplication tokens; merges stopped):\n",
+                "\nrows an insert stored again (insert deduplication tokens; merges stopped):\n",
             );
             for (table, n) in stored {
                 out.push_str(&format!("  {:<28}{:>8}\n", table.name(), n));
@@ -245,18 +245,20 @@ pub(crate) async fn stop_merges(clickhouse: &ClickHouse) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Per storage table, how many rows are stored more than once: physical rows minus
-/// distinct rows. A row is one per delivery (event id and receipt time: a sender's
-/// duplicate is another delivery), a dead letter one per source record.
+/// Per storage table, how many rows one insert stored again: physical rows minus
+/// distinct rows, a row being named by its event (or dead letter's source record), its
+/// receipt and its block's `loaded_at_ms`. A record that came twice through Kafka (a
+/// stage redoing a suffix after a crash) is written by another block, with another
+/// `loaded_at_ms`: only a block whose insert went in twice counts here.
 pub(crate) async fn stored_duplicates(
     clickhouse: &ClickHouse,
 ) -> anyhow::Result<Vec<(Table, u64)>> {
     let mut out = Vec::new();
     for table in Table::ALL {
         let identity = if table == Table::DeadLetters {
-            "(stage, source_topic, source_partition, source_offset)"
+            "stage, source_topic, source_partition, source_offset, failed_at_ms, loaded_at_ms"
         } else {
-            "event_id, received_at_ms"
+            "event_id, received_at_ms, loaded_at_ms"
         };
         let rows = clickhouse
             .rows(&format!(
