@@ -80,6 +80,39 @@ impl ClusterArgs {
     }
 }
 
+/// Checks that `loader migrate` laid the schema out for the cluster on every server:
+/// each storage table Distributed over a Replicated local table. A loader that does not
+/// know `CLICKHOUSE_CLUSTER` would have created plain tables on one server, and the run
+/// would prove nothing about the cluster.
+pub(crate) async fn check_schema(urls: &[String], database: &str) -> anyhow::Result<()> {
+    for url in urls {
+        let server = ClickHouse::new(url, database);
+        let tables = server
+            .rows(&format!(
+                "SELECT name, engine FROM system.tables WHERE database = '{database}'"
+            ))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let engine = |name: &str| {
+            tables
+                .iter()
+                .find(|t| t["name"] == name)
+                .and_then(|t| t["engine"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "missing".into())
+        };
+        for table in Table::ALL {
+            let (distributed, local) = (engine(table.name()), engine(&format!("{table}_local")));
+            if distributed != "Distributed" || !local.starts_with("Replicated") {
+                bail!(
+                    "loader migrate did not lay {database} out for a cluster on {url}: {table} is \
+                     {distributed}, {table}_local is {local} (does the loader know CLICKHOUSE_CLUSTER?)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where each table's keys were found, per server.
 #[derive(Debug, Default)]
 pub(crate) struct PlacementReport {

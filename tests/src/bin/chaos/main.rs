@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         // In a cluster the schema is created once, ON CLUSTER, before any loader starts.
         println!("applying migrations on cluster {cluster}: loader migrate");
         procs.run_once("loader", &["migrate"])?;
+        cluster::check_schema(&urls, &database).await?;
     }
     let procs = Arc::new(Mutex::new(procs));
     for service in ["ingest", "transform", "loader"] {
