@@ -57,7 +57,10 @@ pub enum Placement {
 /// columns, and of (tenant, entity id) for entity data.
 const OTHER_SHARD_KEYS: &[(&str, &str)] = &[
     // Block-log reads go by group, topic and partition: one shard answers them.
-    ("loader_blocks", "cityHash64(consumer_group, topic, partition)"),
+    (
+        "loader_blocks",
+        "cityHash64(consumer_group, topic, partition)",
+    ),
     // The per-event tables of 0001/0002, kept for the backfill of 0007: as their
     // successors in `Table`.
     ("raw_events_store", "cityHash64(tenant, event_id)"),
