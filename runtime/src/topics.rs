@@ -175,14 +175,6 @@ impl KafkaArgs {
         Ok(())
     }
 
-    /// Creates each missing topic as derived data (the broker's retention). Kept for
-    /// callers whose errors only know `KafkaError`; [`KafkaArgs::create_missing_topics`]
-    /// takes the raw topic too and returns errors that name the setting at fault.
-    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
-        let topics: Vec<Topic<'_>> = topics.iter().map(|&name| Topic::Derived(name)).collect();
-        Ok(self.create_missing_topics(&topics).await?)
-    }
-
     /// The topics to create, given what the cluster has; logs an existing topic whose
     /// partition count differs from the setting (left as it is: changing it moves keys).
     fn missing<'t>(

@@ -55,8 +55,7 @@ impl Sink {
         first_offset: i64,
     ) -> Result<(Option<Recorded>, u32), SinkError> {
         let range: Option<RecordedRow> = self
-            .client
-            .query(
+            .read_block_log(
                 "SELECT epoch, first_offset, last_offset, first_record, loaded_at_ms, block, done \
                  FROM loader_blocks FINAL \
                  WHERE consumer_group = ? AND topic = ? AND partition = ? AND first_offset = ? \
@@ -70,8 +69,7 @@ impl Sink {
             .await
             .map_err(SinkError::at("reading loader_blocks"))?;
         let max_epoch: u32 = self
-            .client
-            .query(
+            .read_block_log(
                 "SELECT max(epoch) FROM loader_blocks \
                  WHERE consumer_group = ? AND topic = ? AND partition = ?",
             )
@@ -119,8 +117,7 @@ impl Sink {
             last_offset: i64,
         }
         let ranges: Vec<Range> = self
-            .client
-            .query(
+            .read_block_log(
                 "SELECT partition, last_offset FROM loader_blocks FINAL \
                  WHERE consumer_group = ? AND topic = ? AND block = ?",
             )
@@ -163,6 +160,40 @@ impl Sink {
                 recorded_at,
             })
             .collect();
-        self.insert_into("loader_blocks", &rows, None).await
+        if self.replicas < 2 {
+            return self.insert_into("loader_blocks", &rows, None, &[]).await;
+        }
+        // With replicas, the record must be on more than one before the block is
+        // written: a replica that dies right after would otherwise take the only copy,
+        // and a loader reading the other would cut the block anew.
+        let quorum = self.replicas.to_string();
+        let with_quorum = [
+            ("insert_quorum", quorum.as_str()),
+            ("insert_quorum_timeout", "5000"),
+        ];
+        match self
+            .insert_into("loader_blocks", &rows, None, &with_quorum)
+            .await
+        {
+            // A replica is down (285), or the quorum write's outcome is unknown (319):
+            // one copy now beats none; the loader keeps going and says so.
+            Err(e) if matches!(e.server_code(), Some(285 | 319)) => {
+                tracing::warn!(error = %e, "Block recorded without a quorum of replicas");
+                self.insert_into("loader_blocks", &rows, None, &[]).await
+            }
+            result => result,
+        }
+    }
+
+    /// A read of the block log. In a cluster never from a replica that lags: a block
+    /// recorded just before a crash must be found.
+    fn read_block_log(&self, sql: &str) -> clickhouse::query::Query {
+        let query = self.client().query(sql);
+        if self.layout.cluster().is_none() {
+            return query;
+        }
+        query
+            .with_setting("max_replica_delay_for_distributed_queries", "1")
+            .with_setting("fallback_to_stale_replicas_for_distributed_queries", "0")
     }
 }

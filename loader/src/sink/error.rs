@@ -20,6 +20,25 @@ pub enum SinkError {
         found: u32,
         known: u32,
     },
+    #[error(
+        "database {database} has schema version {found}, older than this loader needs ({known}): \
+         run `loader migrate` once with the same settings (in a cluster, loaders do not \
+         migrate at start){}",
+        if detail.is_empty() { String::new() } else { format!(" ({detail})") }
+    )]
+    SchemaTooOld {
+        database: String,
+        found: u32,
+        known: u32,
+        detail: String,
+    },
+    #[error(
+        "CLICKHOUSE_CLUSTER={cluster:?} is not a cluster of the server at {url} (see its \
+         system.clusters and the remote_servers of its configuration)"
+    )]
+    UnknownCluster { cluster: String, url: String },
+    #[error("migrations cannot be laid out for the cluster: {0}")]
+    Layout(String),
 }
 
 impl SinkError {
@@ -50,6 +69,21 @@ impl SinkError {
                 .server_code()
                 .is_some_and(|code| BAD_DATA_CODES.contains(&code) || SCHEMA_CODES.contains(&code)),
             _ => false,
+        }
+    }
+
+    /// Whether the server in use could not be reached, or dropped out of the write
+    /// quorum: another server of the cluster may do.
+    pub fn is_server_unreachable(&self) -> bool {
+        match self {
+            SinkError::ClickHouse {
+                source: clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut,
+                ..
+            } => true,
+            _ => matches!(
+                self.server_code(),
+                Some(209 | 210 | 279 | 289) // SOCKET_TIMEOUT, NETWORK_ERROR, ALL_CONNECTION_TRIES_FAILED, REPLICA_IS_NOT_IN_QUORUM
+            ),
         }
     }
 

@@ -14,7 +14,7 @@ impl Sink {
         since_s: u32,
         limit: usize,
     ) -> Result<Vec<(String, String, u64)>, SinkError> {
-        self.client
+        self.client()
             .query(&format!(
                 "SELECT tenant, event_id, min(received_at_ms) AS first FROM {} \
                  WHERE received_at >= toDateTime(?) GROUP BY tenant, event_id \
@@ -39,7 +39,7 @@ impl Sink {
         }
         // A literal list: 18.16 uses the primary key for `IN (…)`, not for has(?, …).
         let list: Vec<String> = ids.iter().map(|id| string_literal(id)).collect();
-        self.client
+        self.client()
             .query(&format!(
                 "SELECT entity_id, argMin(key_day, (first_received_at_ms, key_day)) AS day \
                  FROM entity_keys WHERE tenant = ? AND entity = ? AND entity_id IN ({}) \
@@ -59,6 +59,6 @@ impl Sink {
         keys: &[EntityKeyRow],
         token: Option<&str>,
     ) -> Result<(), SinkError> {
-        self.insert_into("entity_keys", keys, token).await
+        self.insert_into("entity_keys", keys, token, &[]).await
     }
 }
