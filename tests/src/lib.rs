@@ -510,6 +510,11 @@ impl ClickHouse {
         }
     }
 
+    /// The server's HTTP endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Runs `sql` (with `{db}` replaced by the database) and returns its rows.
     pub async fn rows(&self, sql: &str) -> Result<Vec<Value>, String> {
         let sql = format!("{} FORMAT JSONEachRow", sql.replace("{db}", &self.database));

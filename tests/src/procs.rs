@@ -103,6 +103,11 @@ impl Procs {
         Ok(())
     }
 
+    /// The process id of a running service (for its CPU time in `/proc`).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        Some(self.procs.get(name)?.child.as_ref()?.id())
+    }
+
     /// SIGKILL, and hold the service down until `start`.
     pub fn kill(&mut self, name: &str) {
         if let Some(proc) = self.procs.get_mut(name) {
@@ -141,6 +146,19 @@ impl Procs {
                 let _ = Command::new("kill")
                     .args(["-TERM", &child.id().to_string()])
                     .status();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Services still running when their supervisor goes (an error cut a run short) are
+/// killed, so that no process outlives the harness that started it.
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for proc in self.procs.values_mut() {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.kill();
                 let _ = child.wait();
             }
         }
