@@ -1,30 +1,29 @@
 //! `bench`: loader throughput and end-to-end freshness, measured on this machine against
 //! the development broker and server (run it with `scripts/bench-pipeline`).
 //!
-//! - `bench loader`: fills a fresh `webhooks.normalized` with N call events, starts a
-//!   `loader` process on it and measures events/s from its first visible rows to its
-//!   last; then copies the same rows out (`clickhouse-client … FORMAT Native`) and times
-//!   `clickhouse-client` inserting them in bulk into empty copies of the tables: the
-//!   server's limit. Prints both and their ratio.
+//! - `bench loader` ([`loader`]): a loader process from a pre-filled normalized topic,
+//!   beside `clickhouse-client` inserting the same rows in bulk; `--runs` repeats it.
 //! - `bench freshness`: runs ingest, transform and loader processes, sends a new call
 //!   at a steady rate, and measures the delay from each 200 answer to the call being
 //!   visible in the `calls` view (polled every 100 ms, which bounds the resolution).
 //! - `bench matrix`: both, across event sizes and partition counts, as one table.
 
+mod loader;
+mod util;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use runtime::{KafkaArgs, TopicArgs};
-use schemas::{avro, RawEnvelope};
 use serde_json::Value;
 use tests::procs::Procs;
 use tests::{sample, single_broker_env, unique, ClickHouse, Services};
+
+use crate::loader::{LoaderArgs, LoaderResult};
+use crate::util::{bin_dir, call_body, keep_or_remove, log_filter, TENANT, TOKEN};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,19 +44,6 @@ enum Cli {
 }
 
 #[derive(clap::Args, Debug, Clone)]
-struct LoaderArgs {
-    #[arg(long, default_value_t = 100_000)]
-    events: usize,
-    /// Extra bytes of text added to every call body (a `notes` field).
-    #[arg(long, default_value_t = 0)]
-    pad_bytes: usize,
-    #[arg(long, default_value_t = 3)]
-    partitions: i32,
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-}
-
-#[derive(clap::Args, Debug, Clone)]
 struct FreshnessArgs {
     /// Calls sent per second.
     #[arg(long, default_value_t = 1000)]
@@ -70,14 +56,11 @@ struct FreshnessArgs {
     bin_dir: Option<PathBuf>,
 }
 
-const TENANT: &str = "bench";
-const TOKEN: &str = "bench_token_0123456789";
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Loader(args) => {
-            let r = loader(&args).await?;
+            let r = loader::loader(&args).await?;
             println!("{}", LoaderResult::HEADER);
             println!("{r}");
         }
@@ -105,9 +88,10 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
             events,
             pad_bytes,
             partitions,
+            runs: 3,
             bin_dir: bin_dir.clone(),
         };
-        let r = loader(&args).await?;
+        let r = loader::loader(&args).await?;
         eprintln!("{r}");
         lines.push(r.to_string());
     }
@@ -124,7 +108,8 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         fresh.push(r.to_string());
     }
     println!(
-        "\nloader (one run each; events carry 2 rows: raw_events_store and call_events_store)"
+        "\nloader (median of 3 runs, lowest–highest in brackets; events carry 3 rows: raw, \
+         call and contact)"
     );
     println!("{}", LoaderResult::HEADER);
     for line in lines {
@@ -134,250 +119,6 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("{}", FreshnessResult::HEADER);
     for line in fresh {
         println!("{line}");
-    }
-    Ok(())
-}
-
-/// The services' log filter: `BENCH_LOG` (their logs are then kept), else `warn`.
-fn log_filter() -> String {
-    std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into())
-}
-
-fn keep_or_remove(run_dir: &std::path::Path) {
-    if std::env::var("BENCH_LOG").is_ok() {
-        eprintln!("logs kept in {}", run_dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(run_dir);
-    }
-}
-
-fn bin_dir(arg: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match arg {
-        Some(dir) => Ok(dir.clone()),
-        None => Ok(std::env::current_exe()?
-            .parent()
-            .context("no directory")?
-            .to_path_buf()),
-    }
-}
-
-/// A call body with id `id`, padded with `pad` bytes of notes.
-fn call_body(template: &Value, id: i64, pad: usize) -> Value {
-    let mut body = template.clone();
-    body["id"] = Value::from(id);
-    if pad > 0 {
-        body["notes"] = Value::from("n".repeat(pad));
-    }
-    body
-}
-
-// --- Loader -------------------------------------------------------------------------
-
-struct LoaderResult {
-    events: usize,
-    record_bytes: usize,
-    partitions: i32,
-    loader_eps: f64,
-    bulk_eps: f64,
-}
-
-impl LoaderResult {
-    const HEADER: &'static str =
-        "  events  record B  partitions  loader events/s  clickhouse-client bulk events/s  ratio";
-}
-
-impl std::fmt::Display for LoaderResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{:>8}  {:>8}  {:>10}  {:>15.0}  {:>31.0}  {:>5.2}",
-            self.events,
-            self.record_bytes,
-            self.partitions,
-            self.loader_eps,
-            self.bulk_eps,
-            self.loader_eps / self.bulk_eps
-        )
-    }
-}
-
-async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
-    let services = Services::require().await;
-    let name = unique("bench");
-    let database = format!("sb_{name}");
-    let topics = TopicArgs {
-        raw_topic: format!("{name}.raw"),
-        normalized_topic: format!("{name}.normalized"),
-        dlq_topic: format!("{name}.dlq"),
-    };
-    let kafka = KafkaArgs {
-        brokers: services.kafka_brokers.clone(),
-        topic_partitions: args.partitions,
-        topic_replication: 1,
-        topic_min_insync_replicas: 1,
-        raw_retention_ms: -1,
-    };
-    kafka
-        .create_missing_topics(&[topics.normalized(), topics.dlq()])
-        .await?;
-
-    // Fill the normalized topic.
-    let template: Value = serde_json::from_str(&sample("call-ended-full.json"))?;
-    let producer: FutureProducer = kafka
-        .client_config()
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .create()?;
-    let mut record_bytes = 0;
-    let now = runtime::now_ms();
-    let mut deliveries = Vec::with_capacity(args.events);
-    for i in 0..args.events {
-        let body = call_body(&template, 10_000_000 + i as i64, args.pad_bytes);
-        let event_id = normalize::identity::event_id(TENANT, "call-ended", &body);
-        let key = normalize::identity::kafka_key(TENANT, "call-ended", &body, &event_id);
-        let envelope = RawEnvelope {
-            event_id,
-            tenant: TENANT.into(),
-            event: "call-ended".into(),
-            received_at: now,
-            source_addr: "127.0.0.1".into(),
-            body: body.to_string().into_bytes(),
-        };
-        let payload = avro::normalized_event().encode(&normalize::normalize(&envelope))?;
-        record_bytes += payload.len();
-        loop {
-            let record = FutureRecord::to(&topics.normalized_topic)
-                .key(&key)
-                .payload(&payload);
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    deliveries.push(delivery);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    }
-    for delivery in deliveries {
-        if let Ok(Err((e, _))) = delivery.await {
-            bail!("filling the topic failed: {e}");
-        }
-    }
-    producer.flush(Duration::from_secs(30))?;
-
-    // The loader on it.
-    let run_dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&run_dir)?;
-    let mut procs = Procs::default();
-    procs.add(
-        "loader",
-        &bin_dir(&args.bin_dir)?,
-        &run_dir,
-        &single_broker_env(),
-        &[
-            ("KAFKA_BROKERS", services.kafka_brokers.clone()),
-            ("KAFKA_TOPIC_NORMALIZED", topics.normalized_topic.clone()),
-            ("KAFKA_TOPIC_DLQ", topics.dlq_topic.clone()),
-            ("KAFKA_TOPIC_PARTITIONS", args.partitions.to_string()),
-            ("LOADER_GROUP_ID", format!("{name}-loader")),
-            ("CLICKHOUSE_URL", services.clickhouse_url.clone()),
-            ("CLICKHOUSE_DATABASE", database.clone()),
-            ("METRICS_LISTEN", String::new()),
-            ("RUST_LOG", log_filter()),
-        ],
-    )?;
-    procs.start("loader")?;
-    let clickhouse = ClickHouse::new(&services.clickhouse_url, &database);
-    let count = "SELECT count() AS n FROM {db}.raw_events_store";
-    let (mut first, mut base) = (None, 0);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let done = loop {
-        let n = clickhouse
-            .rows(count)
-            .await
-            .ok()
-            .and_then(|r| r.first().and_then(|r| r["n"].as_u64()))
-            .unwrap_or(0) as usize;
-        let now = Instant::now();
-        if n > 0 && first.is_none() {
-            first = Some(now);
-            base = n;
-        }
-        if n >= args.events {
-            break now;
-        }
-        if now > deadline {
-            bail!(
-                "the loader wrote {n} of {} events in 10 minutes",
-                args.events
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    procs.stop_all();
-    let first = first.expect("rows appeared");
-    let loader_eps = (args.events - base) as f64 / (done - first).as_secs_f64().max(1e-3);
-
-    // The same rows, inserted in bulk by clickhouse-client into empty copies.
-    let copy = format!("{database}_bulk");
-    clickhouse
-        .execute(&format!("CREATE DATABASE {copy}"))
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let mut bulk = Duration::ZERO;
-    for table in ["raw_events_store", "call_events_store"] {
-        clickhouse
-            .execute(&format!(
-                "CREATE TABLE {copy}.{table} AS {database}.{table}"
-            ))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let file = run_dir.join(format!("{table}.native"));
-        client(
-            &format!("SELECT * FROM {database}.{table} FORMAT Native"),
-            None,
-            Some(&file),
-        )?;
-        let started = Instant::now();
-        client(
-            &format!("INSERT INTO {copy}.{table} FORMAT Native"),
-            Some(&file),
-            None,
-        )?;
-        bulk += started.elapsed();
-    }
-    let bulk_eps = args.events as f64 / bulk.as_secs_f64();
-    for db in [&copy, &database] {
-        let _ = clickhouse
-            .execute(&format!("DROP DATABASE IF EXISTS {db}"))
-            .await;
-    }
-    keep_or_remove(&run_dir);
-    Ok(LoaderResult {
-        events: args.events,
-        record_bytes: record_bytes / args.events,
-        partitions: args.partitions,
-        loader_eps,
-        bulk_eps,
-    })
-}
-
-/// Runs `clickhouse-client` on the development server's native port.
-fn client(query: &str, stdin: Option<&PathBuf>, stdout: Option<&PathBuf>) -> anyhow::Result<()> {
-    let port = std::env::var("CLICKHOUSE_NATIVE_PORT").unwrap_or_else(|_| "19000".into());
-    let mut command = Command::new("clickhouse-client");
-    command.args(["--port", &port, "--query", query]);
-    command.stdin(match stdin {
-        Some(path) => Stdio::from(std::fs::File::open(path)?),
-        None => Stdio::null(),
-    });
-    if let Some(path) = stdout {
-        command.stdout(Stdio::from(std::fs::File::create(path)?));
-    }
-    let status = command.status().context("running clickhouse-client")?;
-    if !status.success() {
-        bail!("clickhouse-client failed on `{query}`");
     }
     Ok(())
 }
