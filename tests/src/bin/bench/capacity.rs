@@ -154,7 +154,16 @@ pub(crate) fn verdict(trial: &Trial, goal: Duration) -> Result<(), String> {
         ));
     }
     if outcome.errors > 0 {
-        return Err(format!("{} calls not answered 2xx", outcome.errors));
+        let answers: Vec<String> = outcome
+            .refused
+            .iter()
+            .map(|(answer, n)| format!("{answer}: {n}"))
+            .collect();
+        return Err(format!(
+            "{} calls not answered 2xx ({})",
+            outcome.errors,
+            answers.join(", ")
+        ));
     }
     if outcome.answered_per_s < f64::from(trial.rate) * MIN_SENT_SHARE {
         return Err(format!(

@@ -65,6 +65,8 @@ pub(crate) struct Outcome {
     /// Of those, calls never sent: the run stopped, or the generator fell more than
     /// 5 s behind (answers too slow for its connections).
     pub(crate) unsent: u64,
+    /// The others by what came back: a status code, `no answer` or `answer cut`.
+    pub(crate) refused: BTreeMap<String, u64>,
     /// Time to ingest's answer of the window's calls, sorted.
     pub(crate) answer_times: Vec<Duration>,
     /// Answered calls per second of the window.
@@ -127,7 +129,8 @@ struct Shared {
     sending_done: AtomicBool,
     stopped_at: Mutex<Option<Duration>>,
     answered: AtomicU64,
-    errors: AtomicU64,
+    /// Failed calls of the window by what came back: a status code, `no answer` or `answer cut`.
+    refused: Mutex<BTreeMap<String, u64>>,
     last_answer: Mutex<Duration>,
     answer_times: Mutex<Vec<Duration>>,
     /// Answered calls of the window not yet seen: id → answer time since `started`.
@@ -174,7 +177,7 @@ impl Load {
             sending_done: AtomicBool::new(false),
             stopped_at: Mutex::new(None),
             answered: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            refused: Mutex::new(BTreeMap::new()),
             last_answer: Mutex::new(Duration::ZERO),
             answer_times: Mutex::new(Vec::new()),
             pending: Mutex::new(BTreeMap::new()),
@@ -243,11 +246,12 @@ impl Load {
         };
         let shared = &self.shared;
         let answered = shared.answered.load(Ordering::Relaxed);
-        let refused = shared.errors.load(Ordering::Relaxed);
+        let refused = std::mem::take(&mut *shared.refused.lock().unwrap());
+        let refused_total: u64 = refused.values().sum();
         let mut unsent = 0;
         let window = match shared.planned() {
             Some((first, end)) => {
-                unsent = (end - first).saturating_sub(answered + refused);
+                unsent = (end - first).saturating_sub(answered + refused_total);
                 // From the first call's slot to the last answer: a generator or an
                 // ingest that falls behind shows as a lower rate.
                 let last = *shared.last_answer.lock().unwrap();
@@ -260,7 +264,8 @@ impl Load {
         let mut answer_times = std::mem::take(&mut *shared.answer_times.lock().unwrap());
         answer_times.sort();
         Outcome {
-            errors: refused + unsent,
+            errors: refused_total + unsent,
+            refused,
             unsent,
             answer_times,
             answered_per_s: answered as f64 / window.as_secs_f64().max(1e-3),
@@ -311,9 +316,13 @@ async fn send(shared: &Shared, client: &reqwest::Client, hook: &str, bodies: &Ca
             .send()
             .await;
         // Read the answer whole, so the connection goes back to the pool.
-        let ok = match response {
-            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-            Err(_) => false,
+        let answer = match response {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(_) => Ok(()),
+                Err(_) => Err("answer cut".to_owned()),
+            },
+            Ok(r) => Err(r.status().as_u16().to_string()),
+            Err(_) => Err("no answer".to_owned()),
         };
         let at = shared.started.elapsed();
         if spec.rate.is_none() && at > shared.window_end() {
@@ -322,7 +331,7 @@ async fn send(shared: &Shared, client: &reqwest::Client, hook: &str, bodies: &Ca
         if !measured {
             continue;
         }
-        if ok {
+        if answer.is_ok() {
             shared.answered.fetch_add(1, Ordering::Relaxed);
             shared.answer_times.lock().unwrap().push(sent.elapsed());
             {
@@ -332,8 +341,8 @@ async fn send(shared: &Shared, client: &reqwest::Client, hook: &str, bodies: &Ca
             if spec.freshness.is_some() {
                 shared.pending.lock().unwrap().insert(id, at);
             }
-        } else {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(why) = answer {
+            *shared.refused.lock().unwrap().entry(why).or_default() += 1;
         }
     }
 }
