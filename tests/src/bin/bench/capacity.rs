@@ -262,11 +262,7 @@ async fn ceiling(args: &CapacityArgs, seconds: u64) -> anyhow::Result<Ceiling> {
         CallBodies::new(&util::call_template()?),
     );
     load.warmed_up().await;
-    let mut targets: Vec<Target> = pipeline
-        .pids()
-        .into_iter()
-        .map(|(name, pid)| Target::process(name, pid))
-        .collect();
+    let mut targets = pipeline.cpu_targets();
     targets.extend(freshness::generator_targets(None));
     let meter = Meter::start(targets);
     load.window_over().await;

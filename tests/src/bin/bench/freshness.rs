@@ -125,11 +125,7 @@ pub(crate) async fn trial(
     let bodies = CallBodies::new(&util::call_template()?);
     let load = Load::start(spec, &pipeline.hook, bodies);
     load.warmed_up().await;
-    let mut targets: Vec<Target> = pipeline
-        .pids()
-        .into_iter()
-        .map(|(name, pid)| Target::process(name, pid))
-        .collect();
+    let mut targets = pipeline.cpu_targets();
     targets.extend_from_slice(extra);
     targets.extend(generator_targets(load.poller_tid));
     let before = pipeline.loader_counters().await;

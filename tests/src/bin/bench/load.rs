@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::tests::ClickHouse;
 use tokio::task::JoinHandle;
 
 use crate::util::CallBodies;
@@ -29,7 +30,8 @@ use crate::util::CallBodies;
 /// Ids of the generated calls start here (the readiness call is id 1).
 const FIRST_ID: u64 = 20_000_000;
 /// Most ids in one poll; older ones first. A backlog this deep means freshness is far
-/// past any goal anyway.
+/// past any goal anyway. 20,000 ids of 8 digits make a query of ~180 kB, under the
+/// server's default `max_query_size` (256 KiB).
 const MAX_POLLED_IDS: usize = 20_000;
 const POLL_EVERY: Duration = Duration::from_millis(100);
 /// How long the poller waits after the last send for the window's calls to show up.
@@ -357,7 +359,7 @@ fn poll(shared: &Shared, spec: &FreshnessSpec) -> (Freshness, PollStats) {
 }
 
 async fn poll_loop(shared: &Shared, spec: &FreshnessSpec) -> (Freshness, PollStats) {
-    let http = reqwest::Client::new();
+    let clickhouse = ClickHouse::new(&spec.clickhouse_url, &spec.database);
     let planned = shared.planned().map_or(0, |(first, end)| end - first);
     // More than this many calls past the limit and p99 cannot be under it.
     let budget = planned / 100;
@@ -375,7 +377,7 @@ async fn poll_loop(shared: &Shared, spec: &FreshnessSpec) -> (Freshness, PollSta
         };
         if !ids.is_empty() {
             let asked = Instant::now();
-            let seen = visible(&http, spec, &ids).await;
+            let seen = visible(&clickhouse, &ids).await;
             let took = asked.elapsed();
             stats.queries += 1;
             stats.total += took;
@@ -425,37 +427,16 @@ async fn poll_loop(shared: &Shared, spec: &FreshnessSpec) -> (Freshness, PollSta
 }
 
 /// Which of `ids` `calls` shows now.
-async fn visible(
-    http: &reqwest::Client,
-    spec: &FreshnessSpec,
-    ids: &[u64],
-) -> Result<Vec<u64>, String> {
+async fn visible(clickhouse: &ClickHouse, ids: &[u64]) -> Result<Vec<u64>, String> {
     let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    // The setting puts the filter below the view's GROUP BY (see the module's doc).
     let sql = format!(
-        "SELECT call_id FROM {}.calls WHERE tenant = '{}' AND call_id IN ({list}) \
-         FORMAT TabSeparated",
-        spec.database,
+        "SELECT call_id FROM {{db}}.calls WHERE tenant = '{}' AND call_id IN ({list}) \
+         SETTINGS enable_optimize_predicate_expression = 1",
         crate::util::TENANT
     );
-    let response = http
-        .post(&spec.clickhouse_url)
-        .query(&[
-            // An id list is ~9 bytes a call: room for MAX_POLLED_IDS and more.
-            ("max_query_size", "4194304"),
-            ("max_execution_time", "10"),
-            // The filter below the view's GROUP BY (see the module's doc).
-            ("enable_optimize_predicate_expression", "1"),
-        ])
-        .body(sql)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {}", text.trim()));
-    }
-    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    let rows = clickhouse.rows(&sql).await?;
+    Ok(rows.iter().filter_map(|r| r["call_id"].as_u64()).collect())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use anyhow::bail;
 use tests::procs::Procs;
 use tests::{unique, ClickHouse, Services};
 
+use crate::cpu::Target;
 use crate::util::{self, CallBodies, TENANT, TOKEN};
 
 /// Which services run.
@@ -155,11 +156,11 @@ impl Pipeline {
         }
     }
 
-    /// `(name, pid)` of each running service.
-    pub(crate) fn pids(&self) -> Vec<(&'static str, u32)> {
+    /// Each running service as a CPU target.
+    pub(crate) fn cpu_targets(&self) -> Vec<Target> {
         ["ingest", "transform", "loader"]
             .into_iter()
-            .filter_map(|name| Some((name, self.procs.pid(name)?)))
+            .filter_map(|name| Some(Target::process(name, self.procs.pid(name)?)))
             .collect()
     }
 
