@@ -3,9 +3,11 @@ project supports: the development server (ClickHouse 18.16, over HTTP at CLICKHO
 and a current engine (chdb, in process). SQL that only one of them accepts fails here.
 """
 
+import atexit
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -38,7 +40,9 @@ class Chdb:
         from chdb import session
 
         if Chdb._session is None:
-            Chdb._session = session.Session(tempfile.mkdtemp(prefix="sb-chdb-"))
+            path = tempfile.mkdtemp(prefix="sb-chdb-")
+            Chdb._session = session.Session(path)
+            atexit.register(shutil.rmtree, path, True)
         self.session = Chdb._session
 
     def query(self, sql: str, **settings) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import subprocess
+import tempfile
 from pathlib import Path
 
 from loader_model import Loader, day
@@ -29,14 +30,15 @@ def simulate_bin() -> str:
     return path
 
 
-def simulate(out: Path, tenant: str, hours: int, seed: int = 42) -> dict[str, list[dict]]:
+def simulate(tenant: str, hours: int, seed: int = 42) -> dict[str, list[dict]]:
     """Runs `simulate rows` and reads its JSON lines, one list of rows per storage table."""
-    subprocess.run([simulate_bin(), "--seed", str(seed), "rows", "--out", str(out), "--hours", str(hours),
-                    "--tenant", tenant], check=True, capture_output=True)
-    tables = {}
-    for name in OLD_TABLES:
-        path = out / f"{name}.jsonl"
-        tables[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    with tempfile.TemporaryDirectory(prefix="sb-sim-") as out:
+        subprocess.run([simulate_bin(), "--seed", str(seed), "rows", "--out", out, "--hours", str(hours),
+                        "--tenant", tenant], check=True, capture_output=True)
+        tables = {}
+        for name in OLD_TABLES:
+            path = Path(out) / f"{name}.jsonl"
+            tables[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     return tables
 
 
