@@ -248,6 +248,7 @@ pub(crate) struct Ceiling {
 
 async fn ceiling(args: &CapacityArgs, seconds: u64) -> anyhow::Result<Ceiling> {
     let bins = util::bin_dir(&args.bin_dir)?;
+    let bodies = CallBodies::new(&util::call_template()?);
     let pipeline = Pipeline::start(&bins, 1, Stages::DiscardingIngest).await?;
     let spec = LoadSpec {
         rate: None,
@@ -256,11 +257,7 @@ async fn ceiling(args: &CapacityArgs, seconds: u64) -> anyhow::Result<Ceiling> {
         connections: args.connections,
         freshness: None,
     };
-    let load = Load::start(
-        spec,
-        &pipeline.hook,
-        CallBodies::new(&util::call_template()?),
-    );
+    let load = Load::start(spec, &pipeline.hook, bodies);
     load.warmed_up().await;
     let mut targets = pipeline.cpu_targets();
     targets.extend(freshness::generator_targets(None));

@@ -109,6 +109,9 @@ pub(crate) async fn trial(
     extra: &[Target],
 ) -> anyhow::Result<Trial> {
     let bins = util::bin_dir(&args.bin_dir)?;
+    // Everything that may fail comes before the pipeline, which is stopped whatever
+    // happens after it started.
+    let bodies = CallBodies::new(&util::call_template()?);
     let pipeline = Pipeline::start(&bins, args.partitions, Stages::All).await?;
     let spec = LoadSpec {
         rate: Some(args.rate),
@@ -122,7 +125,6 @@ pub(crate) async fn trial(
             stop_when_missed,
         }),
     };
-    let bodies = CallBodies::new(&util::call_template()?);
     let load = Load::start(spec, &pipeline.hook, bodies);
     load.warmed_up().await;
     let mut targets = pipeline.cpu_targets();

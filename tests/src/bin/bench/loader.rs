@@ -85,18 +85,53 @@ pub(crate) async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
         topic_min_insync_replicas: 1,
         raw_retention_ms: -1,
     };
+    let run_dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&run_dir)?;
+    let measured = measure(args, &services, &kafka, &topics, &name, &run_dir).await;
+    // Whatever happened: a run cut short by an error leaves nothing behind.
+    for run in 0..args.runs {
+        let database = format!("sb_{name}_{run}");
+        let clickhouse = ClickHouse::new(&services.clickhouse_url, &database);
+        let _ = clickhouse
+            .execute(&format!("DROP DATABASE IF EXISTS {database}_bulk"))
+            .await;
+        let _ = clickhouse.execute("DROP DATABASE IF EXISTS {db}").await;
+    }
+    util::delete_topics(
+        &services.kafka_brokers,
+        &[topics.normalized_topic, topics.dlq_topic],
+    )
+    .await;
+    util::keep_or_remove(&run_dir);
+    let (record_bytes, runs) = measured?;
+    Ok(LoaderResult {
+        events: args.events,
+        record_bytes: record_bytes / args.events,
+        partitions: args.partitions,
+        runs,
+    })
+}
+
+/// Fills the topic, then runs the loader and the bulk baseline `args.runs` times;
+/// returns the bytes of all records and each run's (loader, bulk) events/s.
+async fn measure(
+    args: &LoaderArgs,
+    services: &Services,
+    kafka: &KafkaArgs,
+    topics: &TopicArgs,
+    name: &str,
+    run_dir: &Path,
+) -> anyhow::Result<(usize, Vec<(f64, f64)>)> {
     kafka
         .create_missing_topics(&[topics.normalized(), topics.dlq()])
         .await?;
-    let record_bytes = fill(&kafka, &topics, args).await?;
-    let run_dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&run_dir)?;
+    let record_bytes = fill(kafka, topics, args).await?;
     let mut runs = Vec::new();
     for run in 0..args.runs {
         let database = format!("sb_{name}_{run}");
         let clickhouse = ClickHouse::new(&services.clickhouse_url, &database);
-        let loader_eps = load(args, &services, &topics, &database, &run_dir, run).await?;
-        let bulk_eps = bulk(&clickhouse, &run_dir, args.events).await?;
+        let loader_eps = load(args, services, topics, &database, run_dir, run).await?;
+        let bulk_eps = bulk(&clickhouse, run_dir, args.events).await?;
         if args.runs > 1 {
             eprintln!(
                 "  run {}: loader {loader_eps:.0} events/s, bulk {bulk_eps:.0} events/s",
@@ -105,18 +140,7 @@ pub(crate) async fn loader(args: &LoaderArgs) -> anyhow::Result<LoaderResult> {
         }
         runs.push((loader_eps, bulk_eps));
     }
-    util::delete_topics(
-        &services.kafka_brokers,
-        &[topics.normalized_topic, topics.dlq_topic],
-    )
-    .await;
-    util::keep_or_remove(&run_dir);
-    Ok(LoaderResult {
-        events: args.events,
-        record_bytes: record_bytes / args.events,
-        partitions: args.partitions,
-        runs,
-    })
+    Ok((record_bytes, runs))
 }
 
 /// Fills the normalized topic; returns the bytes of all records.
