@@ -108,11 +108,12 @@ async fn receive(
     payload: web::Payload,
 ) -> Result<HttpResponse, IngestError> {
     let peer = req.peer_addr().map(|a| a.ip());
-    let forwarded = req
+    let forwarded: Vec<&[u8]> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = peer.and_then(|peer| state.access.client(peer, forwarded));
+        .get_all("x-forwarded-for")
+        .map(|v| v.as_bytes())
+        .collect();
+    let client = peer.and_then(|peer| state.access.client(peer, &forwarded));
     let source = client.map(|ip| ip.to_string()).unwrap_or_default();
     let refuse =
         |reason: &'static str, error: IngestError, tenant: &str, event: &str, body: &[u8]| {

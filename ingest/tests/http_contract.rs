@@ -325,10 +325,38 @@ async fn a_source_off_the_allow_list_is_a_403_even_with_a_valid_token() {
             .status(),
         StatusCode::OK
     );
-    assert_eq!(recorder.records.lock().unwrap().len(), 2);
+    // HAProxy's forwardfor appends its hop as a line of its own: the client's spoofed
+    // line comes first, and does not win.
+    let two_lines = post(&format!("/hooks/{TOKEN}/call-ended"), CALL)
+        .peer_addr("10.1.2.3:4000".parse().unwrap())
+        .append_header(("x-forwarded-for", "198.51.100.7"))
+        .append_header(("x-forwarded-for", "203.0.113.9"));
+    assert_eq!(
+        test::call_service(&app, two_lines.to_request())
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // An IPv4 sender on a dual-stack listener arrives IPv4-mapped.
+    assert_eq!(
+        test::call_service(&app, from("[::ffff:198.51.100.8]:4000", None))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        test::call_service(
+            &app,
+            from("[::ffff:10.1.2.3]:4000", Some("::ffff:198.51.100.9"))
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    assert_eq!(recorder.records.lock().unwrap().len(), 4);
     let metrics = state.metrics.render();
     assert!(
-        metrics.contains(r#"ingest_rejected_total{reason="forbidden"} 2"#),
+        metrics.contains(r#"ingest_rejected_total{reason="forbidden"} 3"#),
         "{metrics}"
     );
 }
