@@ -55,8 +55,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let produce_timeout = Duration::from_millis(config.http.produce_timeout_ms);
+    // The largest entry a delivery can make: its body, the envelope and the key.
+    let largest = config.http.max_body_bytes as u64 + 1024;
     let spool = match &config.spool.spool_dir {
-        Some(dir) => Some(Arc::new(Spool::open(dir, config.spool.spool_max_bytes)?)),
+        Some(dir) => {
+            let max_bytes = config.spool.spool_max_bytes;
+            Some(Arc::new(Spool::open(dir, max_bytes, largest)?))
+        }
         None => None,
     };
     let draining = CancellationToken::new();

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::spool::Spool;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -21,6 +22,8 @@ pub const PRODUCE_DURATION_SECONDS: &str = "ingest_produce_duration_seconds";
 /// Deliveries waiting in the spool, and their bytes.
 pub const SPOOL_EVENTS: &str = "ingest_spool_events";
 pub const SPOOL_BYTES: &str = "ingest_spool_bytes";
+/// Length of the spool file.
+pub const SPOOL_FILE_BYTES: &str = "ingest_spool_file_bytes";
 /// Spooled deliveries moved to Kafka.
 pub const SPOOL_DRAINED_TOTAL: &str = "ingest_spool_drained_total";
 
@@ -34,6 +37,7 @@ pub struct Metrics {
     produce_duration: Histogram,
     spool_events: IntGauge,
     spool_bytes: IntGauge,
+    spool_file_bytes: IntGauge,
     spool_drained: IntCounter,
 }
 
@@ -73,6 +77,8 @@ impl Metrics {
                 .expect("valid gauge"),
             spool_bytes: IntGauge::new(SPOOL_BYTES, "Bytes waiting in the spool.")
                 .expect("valid gauge"),
+            spool_file_bytes: IntGauge::new(SPOOL_FILE_BYTES, "Length of the spool file.")
+                .expect("valid gauge"),
             spool_drained: IntCounter::new(
                 SPOOL_DRAINED_TOTAL,
                 "Spooled deliveries moved to Kafka.",
@@ -94,6 +100,8 @@ impl Metrics {
         r.register(Box::new(metrics.spool_events.clone()))
             .expect("unique");
         r.register(Box::new(metrics.spool_bytes.clone()))
+            .expect("unique");
+        r.register(Box::new(metrics.spool_file_bytes.clone()))
             .expect("unique");
         r.register(Box::new(metrics.spool_drained.clone()))
             .expect("unique");
@@ -119,9 +127,10 @@ impl Metrics {
         self.produce_duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn spool(&self, events: u64, bytes: u64) {
-        self.spool_events.set(events as i64);
-        self.spool_bytes.set(bytes as i64);
+    pub fn spool(&self, spool: &Spool) {
+        self.spool_events.set(spool.events() as i64);
+        self.spool_bytes.set(spool.bytes() as i64);
+        self.spool_file_bytes.set(spool.file_bytes() as i64);
     }
 
     pub fn spool_drained(&self, n: u64) {

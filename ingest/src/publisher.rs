@@ -145,6 +145,11 @@ fn spool_error(e: SpoolError) -> PublishError {
     }
 }
 
+/// Spooled entries moved to Kafka at once: at most this many, and no more bytes than
+/// [`DRAIN_BATCH_BYTES`] (they are in memory twice while Kafka takes them).
+const DRAIN_BATCH_ENTRIES: usize = 500;
+pub const DRAIN_BATCH_BYTES: u64 = 8 << 20;
+
 /// Kafka first; when Kafka does not acknowledge in time, the fsync'd local spool. While
 /// the spool holds anything, new events go to the spool too, so that each key's events
 /// reach Kafka in the order they were accepted.
@@ -178,8 +183,8 @@ impl DurablePublisher {
         const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut failures = 0;
         while !shutdown.is_cancelled() {
-            metrics.spool(spool.events(), spool.bytes());
-            let entries = match spool.oldest(500) {
+            metrics.spool(&spool);
+            let entries = match spool.oldest(DRAIN_BATCH_ENTRIES, DRAIN_BATCH_BYTES).await {
                 Ok(entries) if entries.is_empty() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -198,12 +203,16 @@ impl DurablePublisher {
             // producer keeps the order per partition.
             let sends: Vec<_> = entries
                 .iter()
-                .map(|e| kafka.send(&e.key, &e.payload, e.traceparent.as_deref()))
+                .map(|e| {
+                    let r = &e.record;
+                    kafka.send(&r.key, &r.payload, r.traceparent.as_deref())
+                })
                 .collect();
             let results = futures::future::join_all(sends).await;
             let acked = results.iter().take_while(|r| r.is_ok()).count();
             if acked > 0 {
-                if let Err(e) = spool.remove(&entries[..acked]) {
+                let seqs = entries[..acked].iter().map(|e| e.seq).collect();
+                if let Err(e) = spool.remove(seqs).await {
                     tracing::error!(error = %e, "Removing drained entries from the spool failed");
                 }
                 metrics.spool_drained(acked as u64);
@@ -218,34 +227,29 @@ impl DurablePublisher {
                 failures = 0;
             }
         }
-        metrics.spool(spool.events(), spool.bytes());
+        metrics.spool(&spool);
     }
 }
 
 impl Publisher for DurablePublisher {
     fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
-            let (key, payload, trace) =
-                (&record.key, &record.payload, record.traceparent.as_deref());
             if self.spool.events() > 0 {
-                return self
-                    .spool
-                    .append(key, payload, trace)
-                    .await
-                    .map_err(spool_error);
+                return self.spool.append(record).await.map_err(spool_error);
             }
             let started = Instant::now();
-            match self.kafka.send(key, payload, trace).await {
+            let sent = self
+                .kafka
+                .send(&record.key, &record.payload, record.traceparent.as_deref())
+                .await;
+            match sent {
                 Ok(()) => {
                     self.metrics.produced(started.elapsed());
                     Ok(())
                 }
                 Err(PublishError::Unavailable(reason)) => {
                     tracing::warn!(%reason, "Kafka did not acknowledge; spooling");
-                    self.spool
-                        .append(key, payload, trace)
-                        .await
-                        .map_err(spool_error)
+                    self.spool.append(record).await.map_err(spool_error)
                 }
                 Err(refused) => Err(refused),
             }
@@ -263,12 +267,7 @@ pub struct SpoolOnlyPublisher(pub Arc<Spool>);
 
 impl Publisher for SpoolOnlyPublisher {
     fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
-        Box::pin(async move {
-            self.0
-                .append(&record.key, &record.payload, record.traceparent.as_deref())
-                .await
-                .map_err(spool_error)
-        })
+        Box::pin(async move { self.0.append(record).await.map_err(spool_error) })
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
