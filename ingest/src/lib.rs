@@ -1,14 +1,18 @@
 //! `ingest`: the HTTP receiver for NectarDesk webhooks.
 //!
-//! It does as little as it can: check the source and the token, read and parse the body,
-//! and write the delivery unchanged to Kafka (`webhooks.raw`), keyed so one call's events
-//! stay in order. It answers 200 only once the delivery is durable (acknowledged by Kafka,
+//! It does as little as it can: check the source and the token, read the body, and write
+//! the delivery unchanged to Kafka (`webhooks.raw`), keyed so one call's events stay in
+//! order. Every body within the limit is kept, JSON or not (the normalizer marks what it
+//! cannot read `invalid`). It answers 200 only once the delivery is durable (acknowledged by Kafka,
 //! or fsync'd to the local spool when Kafka is slow or down), and 503 (never a 4xx) for
 //! anything a retry could fix, because the sender never retries a 4xx.
 //! Normalization is not done here; see the `normalize` crate.
 
 pub mod access;
+pub mod body;
+pub mod budget;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod metrics;
 pub mod publisher;
@@ -43,6 +47,12 @@ pub enum RunError {
     Spool(#[from] SpoolError),
     #[error("http server failed: {0}")]
     Http(#[from] std::io::Error),
+    #[error("topic {topic} takes records of at most {topic_max} bytes (max.message.bytes), less than the {needed} a body of INGEST_MAX_BODY_BYTES makes: raise the topic's limit or lower INGEST_MAX_BODY_BYTES")]
+    TopicTooSmall {
+        topic: String,
+        topic_max: usize,
+        needed: usize,
+    },
 }
 
 /// Runs `ingest` on `listener` until `shutdown` is cancelled, then answers 503 to new
@@ -55,12 +65,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let produce_timeout = Duration::from_millis(config.http.produce_timeout_ms);
-    // The largest entry a delivery can make: its body, the envelope and the key.
-    let largest = config.http.max_body_bytes as u64 + 1024;
+    let largest = config.http.largest_record_bytes();
     let spool = match &config.spool.spool_dir {
         Some(dir) => {
             let max_bytes = config.spool.spool_max_bytes;
-            Some(Arc::new(Spool::open(dir, max_bytes, largest)?))
+            Some(Arc::new(Spool::open(dir, max_bytes, largest as u64)?))
         }
         None => None,
     };
@@ -71,10 +80,17 @@ pub async fn run(
         (Sink::Spool, Some(spool)) => Arc::new(SpoolOnlyPublisher(spool.clone())),
         (_, spool) => {
             // Never wait for Kafka to start: the spool (or a 503) covers its absence.
-            let raw_topic = [config.topics.raw_topic.as_str()];
-            let ensure = config.kafka.ensure_topics(&raw_topic);
-            match tokio::time::timeout(Duration::from_secs(5), ensure).await {
-                Ok(Ok(())) => {}
+            let raw_topic = config.topics.raw_topic.as_str();
+            let check = publisher::check_raw_topic(&config.kafka, raw_topic);
+            match tokio::time::timeout(Duration::from_secs(5), check).await {
+                Ok(Ok(Some(topic_max))) if topic_max < largest => {
+                    return Err(RunError::TopicTooSmall {
+                        topic: raw_topic.to_owned(),
+                        topic_max,
+                        needed: largest,
+                    });
+                }
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "Could not check the raw topic; continuing")
                 }
@@ -82,8 +98,12 @@ pub async fn run(
             }
             let kafka = Arc::new(KafkaPublisher::new(
                 &config.kafka,
-                &config.topics.raw_topic,
+                raw_topic,
                 produce_timeout,
+                (
+                    config.http.kafka_message_max_bytes,
+                    config.http.body_memory_bytes(),
+                ),
                 metrics.clone(),
             )?);
             kafka_publisher = Some(kafka.clone());
@@ -105,10 +125,19 @@ pub async fn run(
         }
     };
     let dlq = match config.spool.sink {
-        Sink::Kafka => Some((
-            config.kafka.reliable_producer(Duration::from_secs(30))?,
-            config.topics.dlq_topic.clone(),
-        )),
+        Sink::Kafka => {
+            let mut producer = config.kafka.reliable_config(Duration::from_secs(30));
+            producer
+                .set(
+                    "message.max.bytes",
+                    config.http.kafka_message_max_bytes.to_string(),
+                )
+                .set(
+                    "queue.buffering.max.kbytes",
+                    (rejections::DLQ_BUFFER_BYTES / 1024).to_string(),
+                );
+            Some((producer.create()?, config.topics.dlq_topic.clone()))
+        }
         _ => None,
     };
     let state = State {
@@ -120,6 +149,7 @@ pub async fn run(
         metrics,
         access: config.access.access(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.http.max_in_flight)),
+        budget: config.http.budget(),
         tokens: config.tokens.clone(),
         http: config.http.clone(),
         publisher,
@@ -141,6 +171,8 @@ pub async fn run(
 pub async fn serve(state: State, listener: TcpListener) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let shutdown = state.shutdown.clone();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_worker = state.http.max_connections.div_ceil(workers);
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         let metrics = state.metrics.clone();
@@ -160,6 +192,8 @@ pub async fn serve(state: State, listener: TcpListener) -> std::io::Result<()> {
     // The header-read timeout answers 408, which the sender never retries: off. Slow
     // bodies get 503 (INGEST_BODY_TIMEOUT_MS); slow headers are the front proxy's job.
     .client_request_timeout(Duration::ZERO)
+    .workers(workers)
+    .max_connections(per_worker)
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(30)

@@ -13,7 +13,9 @@ use prometheus::{
 pub const REQUESTS_TOTAL: &str = "ingest_requests_total";
 /// Request latency.
 pub const REQUEST_DURATION_SECONDS: &str = "ingest_request_duration_seconds";
-/// Deliveries refused, by reason (bad_json, too_large, not_found, forbidden, unavailable, …).
+/// Deliveries refused or put off, by reason (forbidden, not_found, too_large,
+/// kafka_refused; and for 503s: unavailable, overloaded, over_memory_budget,
+/// body_timeout, body_incomplete, shutting_down).
 pub const REJECTED_TOTAL: &str = "ingest_rejected_total";
 /// Rejected deliveries not recorded in the dead-letter topic because of the rate bound.
 pub const REJECTED_UNRECORDED_TOTAL: &str = "ingest_rejected_unrecorded_total";
@@ -26,6 +28,8 @@ pub const SPOOL_BYTES: &str = "ingest_spool_bytes";
 pub const SPOOL_FILE_BYTES: &str = "ingest_spool_file_bytes";
 /// Spooled deliveries moved to Kafka.
 pub const SPOOL_DRAINED_TOTAL: &str = "ingest_spool_drained_total";
+/// Bytes of the memory budget held by bodies (copies included).
+pub const BODY_MEMORY_BYTES: &str = "ingest_body_memory_bytes";
 
 /// Every ingest metric, registered in one registry.
 pub struct Metrics {
@@ -39,6 +43,7 @@ pub struct Metrics {
     spool_bytes: IntGauge,
     spool_file_bytes: IntGauge,
     spool_drained: IntCounter,
+    body_memory: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -84,6 +89,11 @@ impl Metrics {
                 "Spooled deliveries moved to Kafka.",
             )
             .expect("valid counter"),
+            body_memory: IntGauge::new(
+                BODY_MEMORY_BYTES,
+                "Bytes of the memory budget held by bodies.",
+            )
+            .expect("valid gauge"),
             registry,
         };
         let r = &metrics.registry;
@@ -105,6 +115,9 @@ impl Metrics {
             .expect("unique");
         r.register(Box::new(metrics.spool_drained.clone()))
             .expect("unique");
+        r.register(Box::new(metrics.body_memory.clone()))
+            .expect("unique");
+
         metrics
     }
 
@@ -131,6 +144,10 @@ impl Metrics {
         self.spool_events.set(spool.events() as i64);
         self.spool_bytes.set(spool.bytes() as i64);
         self.spool_file_bytes.set(spool.file_bytes() as i64);
+    }
+
+    pub fn body_memory(&self, bytes: usize) {
+        self.body_memory.set(bytes as i64);
     }
 
     pub fn spool_drained(&self, n: u64) {

@@ -7,7 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use runtime::retry::Backoff;
@@ -45,17 +48,26 @@ pub struct KafkaPublisher {
 
 impl KafkaPublisher {
     /// A producer whose every delivery either is acknowledged by all in-sync replicas or
-    /// fails within `produce_timeout`.
+    /// fails within `produce_timeout`. `message_max_bytes` bounds one record (librdkafka's
+    /// `message.max.bytes`), `queue_max_bytes` what the client buffers in all.
     pub fn new(
         kafka: &KafkaArgs,
         topic: &str,
         produce_timeout: Duration,
+        limits: (usize, usize),
         metrics: Arc<Metrics>,
     ) -> Result<KafkaPublisher, KafkaError> {
+        let (message_max_bytes, queue_max_bytes) = limits;
         let mut config = kafka.reliable_config(produce_timeout);
         // Every request waits for its acknowledgement: do not hold records back to batch
         // them (concurrent requests still share batches).
-        config.set("linger.ms", "0");
+        config
+            .set("linger.ms", "0")
+            .set("message.max.bytes", message_max_bytes.to_string())
+            .set(
+                "queue.buffering.max.kbytes",
+                (queue_max_bytes / 1024).max(1).to_string(),
+            );
         Ok(KafkaPublisher {
             producer: config.create()?,
             topic: topic.to_owned(),
@@ -70,25 +82,42 @@ impl KafkaPublisher {
         }
     }
 
-    async fn send(
-        &self,
-        key: &str,
-        payload: &[u8],
-        traceparent: Option<&str>,
-    ) -> Result<(), PublishError> {
-        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
-        if let Some(headers) = runtime::trace::headers(traceparent) {
-            record = record.headers(headers);
-        }
-        // A full local queue means we are over capacity: fail at once rather than hold
-        // the request.
-        match self
-            .producer
-            .send(record, Timeout::After(Duration::ZERO))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(classify(e)),
+    /// Produces `record` and waits for its acknowledgement. The record's payload is let
+    /// go once the client has its copy; on failure the record comes back from that copy
+    /// (`None` only if the client vanished with it).
+    async fn send(&self, record: Record) -> Result<(), (PublishError, Option<Record>)> {
+        let delivery = {
+            let mut produced = FutureRecord::to(&self.topic)
+                .key(&record.key)
+                .payload(&record.payload);
+            if let Some(headers) = runtime::trace::headers(record.traceparent.as_deref()) {
+                produced = produced.headers(headers);
+            }
+            // A full local queue means we are over capacity: fail at once rather than
+            // hold the request.
+            match self.producer.send_result(produced) {
+                Ok(delivery) => delivery,
+                Err((e, _)) => return Err((classify(e), Some(record))),
+            }
+        };
+        let Record {
+            key, traceparent, ..
+        } = record;
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, message))) => {
+                let payload = message.payload().unwrap_or_default().to_vec();
+                let record = Record {
+                    key,
+                    payload,
+                    traceparent,
+                };
+                Err((classify(e), Some(record)))
+            }
+            Err(_) => Err((
+                PublishError::Unavailable("the Kafka client was stopped".into()),
+                None,
+            )),
         }
     }
 
@@ -117,10 +146,13 @@ impl Publisher for KafkaPublisher {
     fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
             let started = Instant::now();
-            self.send(&record.key, &record.payload, record.traceparent.as_deref())
-                .await?;
-            self.metrics.produced(started.elapsed());
-            Ok(())
+            match self.send(record).await {
+                Ok(()) => {
+                    self.metrics.produced(started.elapsed());
+                    Ok(())
+                }
+                Err((error, record)) => Err(error.with_record(record)),
+            }
         })
     }
 
@@ -129,10 +161,30 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// Creates the raw topic when it is missing, and returns the largest record it takes
+/// (`max.message.bytes`), when the broker says.
+pub async fn check_raw_topic(kafka: &KafkaArgs, topic: &str) -> Result<Option<usize>, KafkaError> {
+    kafka.ensure_topics(&[topic]).await?;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .await?;
+    Ok(described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == "max.message.bytes")
+        .and_then(|entry| entry.value?.parse().ok()))
+}
+
 fn classify(e: KafkaError) -> PublishError {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessage) => {
-            PublishError::Refused(e.to_string())
+            PublishError::Refused {
+                reason: e.to_string(),
+                record: None,
+            }
         }
         _ => PublishError::Unavailable(e.to_string()),
     }
@@ -201,23 +253,17 @@ impl DurablePublisher {
             };
             // Enqueue in order, then wait for every acknowledgement: the idempotent
             // producer keeps the order per partition.
-            let sends: Vec<_> = entries
-                .iter()
-                .map(|e| {
-                    let r = &e.record;
-                    kafka.send(&r.key, &r.payload, r.traceparent.as_deref())
-                })
-                .collect();
+            let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+            let sends: Vec<_> = entries.into_iter().map(|e| kafka.send(e.record)).collect();
             let results = futures::future::join_all(sends).await;
             let acked = results.iter().take_while(|r| r.is_ok()).count();
             if acked > 0 {
-                let seqs = entries[..acked].iter().map(|e| e.seq).collect();
-                if let Err(e) = spool.remove(seqs).await {
+                if let Err(e) = spool.remove(seqs[..acked].to_vec()).await {
                     tracing::error!(error = %e, "Removing drained entries from the spool failed");
                 }
                 metrics.spool_drained(acked as u64);
             }
-            if acked < entries.len() {
+            if acked < seqs.len() {
                 tracing::warn!(waiting = spool.events(), "Kafka unavailable; spool kept");
                 failures += 1;
                 if !RETRY.wait(failures, &shutdown).await {
@@ -238,20 +284,16 @@ impl Publisher for DurablePublisher {
                 return self.spool.append(record).await.map_err(spool_error);
             }
             let started = Instant::now();
-            let sent = self
-                .kafka
-                .send(&record.key, &record.payload, record.traceparent.as_deref())
-                .await;
-            match sent {
+            match self.kafka.send(record).await {
                 Ok(()) => {
                     self.metrics.produced(started.elapsed());
                     Ok(())
                 }
-                Err(PublishError::Unavailable(reason)) => {
+                Err((PublishError::Unavailable(reason), Some(record))) => {
                     tracing::warn!(%reason, "Kafka did not acknowledge; spooling");
                     self.spool.append(record).await.map_err(spool_error)
                 }
-                Err(refused) => Err(refused),
+                Err((error, record)) => Err(error.with_record(record)),
             }
         })
     }
