@@ -64,6 +64,16 @@ pub struct HttpArgs {
     #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..))]
     pub body_timeout_ms: u64,
+    /// How long a request's headers may take from their first byte; a slower client's
+    /// connection is closed without an answer, which the sender retries (the HTTP
+    /// server's own header timeout answers 408, which it would not).
+    #[arg(long, env = "INGEST_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub header_timeout_ms: u64,
+    /// Largest request head (request line and headers); a larger one is answered 431.
+    #[arg(long, env = "INGEST_MAX_HEADER_BYTES", default_value_t = 32_768,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=65_536))]
+    pub max_header_bytes: usize,
     /// Deliveries whose body has arrived and that wait to be made durable; more are
     /// answered 503 at once (overload). Bodies still arriving do not count.
     #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096,

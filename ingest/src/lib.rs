@@ -14,18 +14,18 @@ pub mod budget;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod guard;
 pub mod metrics;
 pub mod publisher;
 pub mod rejections;
 pub mod routes;
+pub mod server;
 pub mod spool;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::Service;
-use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -156,7 +156,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     tracing::info!(tenants = ?config.tokens.tenants(), sink = %config.spool.sink, spool = ?config.spool.spool_dir, "Ingest configured");
-    serve(state, listener).await?;
+    server::serve(state, listener).await?;
     draining.cancel();
     if let Some(kafka) = kafka_publisher {
         tokio::task::spawn_blocking(move || kafka.flush(Duration::from_secs(10)))
@@ -164,47 +164,4 @@ pub async fn run(
             .ok();
     }
     Ok(())
-}
-
-/// Serves the routes until `state.shutdown` is cancelled; from then on deliveries get 503
-/// while requests in flight finish (up to 30 s).
-pub async fn serve(state: State, listener: TcpListener) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    let shutdown = state.shutdown.clone();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let per_worker = state.http.max_connections.div_ceil(workers);
-    let state = web::Data::new(state);
-    let server = HttpServer::new(move || {
-        let metrics = state.metrics.clone();
-        App::new()
-            .wrap_fn(move |req, srv| {
-                let started = Instant::now();
-                let metrics = metrics.clone();
-                let response = srv.call(req);
-                async move {
-                    let response = response.await?;
-                    metrics.request(response.status().as_u16(), started.elapsed());
-                    Ok(response)
-                }
-            })
-            .configure(|cfg| routes::configure(cfg, state.clone()))
-    })
-    // The header-read timeout answers 408, which the sender never retries: off. Slow
-    // bodies get 503 (INGEST_BODY_TIMEOUT_MS); slow headers are the front proxy's job.
-    .client_request_timeout(Duration::ZERO)
-    .workers(workers)
-    .max_connections(per_worker)
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(30)
-    .run();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        // Let deliveries see the flag (503) before the listener closes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        handle.stop(true).await;
-    });
-    tracing::info!(%addr, "Ingest listening");
-    server.await
 }

@@ -14,8 +14,8 @@ pub const REQUESTS_TOTAL: &str = "ingest_requests_total";
 /// Request latency.
 pub const REQUEST_DURATION_SECONDS: &str = "ingest_request_duration_seconds";
 /// Deliveries refused or put off, by reason (forbidden, not_found, too_large,
-/// kafka_refused; and for 503s: unavailable, overloaded, over_memory_budget,
-/// body_timeout, body_incomplete, shutting_down).
+/// kafka_refused, header_too_large, malformed_request; and for 503s: unavailable,
+/// overloaded, over_memory_budget, body_timeout, shutting_down).
 pub const REJECTED_TOTAL: &str = "ingest_rejected_total";
 /// Rejected deliveries not recorded in the dead-letter topic because of the rate bound.
 pub const REJECTED_UNRECORDED_TOTAL: &str = "ingest_rejected_unrecorded_total";
@@ -30,6 +30,8 @@ pub const SPOOL_FILE_BYTES: &str = "ingest_spool_file_bytes";
 pub const SPOOL_DRAINED_TOTAL: &str = "ingest_spool_drained_total";
 /// Bytes of the memory budget held by bodies (copies included).
 pub const BODY_MEMORY_BYTES: &str = "ingest_body_memory_bytes";
+/// Connections closed without an answer, by reason (slow_headers, incomplete_body).
+pub const CONNECTIONS_DROPPED_TOTAL: &str = "ingest_connections_dropped_total";
 
 /// Every ingest metric, registered in one registry.
 pub struct Metrics {
@@ -44,6 +46,7 @@ pub struct Metrics {
     spool_file_bytes: IntGauge,
     spool_drained: IntCounter,
     body_memory: IntGauge,
+    dropped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -94,6 +97,14 @@ impl Metrics {
                 "Bytes of the memory budget held by bodies.",
             )
             .expect("valid gauge"),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    CONNECTIONS_DROPPED_TOTAL,
+                    "Connections closed without an answer, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("valid counter"),
             registry,
         };
         let r = &metrics.registry;
@@ -117,15 +128,26 @@ impl Metrics {
             .expect("unique");
         r.register(Box::new(metrics.body_memory.clone()))
             .expect("unique");
-
+        r.register(Box::new(metrics.dropped.clone()))
+            .expect("unique");
         metrics
     }
 
     pub fn request(&self, status: u16, elapsed: Duration) {
+        self.answered(status);
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// An answer the HTTP library gave itself (no handler ran, so no duration).
+    pub fn answered(&self, status: u16) {
         self.requests
             .with_label_values(&[&status.to_string()])
             .inc();
-        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection closed without an answer.
+    pub fn dropped(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
     }
 
     pub fn rejected(&self, reason: &str) {
