@@ -150,6 +150,7 @@ pub async fn run(
         access: config.access.access(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.http.max_in_flight)),
         budget: config.http.budget(),
+        not_stored: State::log_throttle(),
         tokens: config.tokens.clone(),
         http: config.http.clone(),
         publisher,

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -14,6 +14,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use runtime::retry::Backoff;
+use runtime::throttle::Throttle;
 use runtime::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -209,6 +210,8 @@ pub struct DurablePublisher {
     kafka: Arc<KafkaPublisher>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    /// While Kafka is down every delivery is spooled: one line per 10 s says so.
+    spooling: Mutex<Throttle>,
 }
 
 impl DurablePublisher {
@@ -221,6 +224,7 @@ impl DurablePublisher {
             kafka,
             spool,
             metrics,
+            spooling: Mutex::new(Throttle::new(Duration::from_secs(10))),
         }
     }
 
@@ -290,7 +294,14 @@ impl Publisher for DurablePublisher {
                     Ok(())
                 }
                 Err((PublishError::Unavailable(reason), Some(record))) => {
-                    tracing::warn!(%reason, "Kafka did not acknowledge; spooling");
+                    let admitted = self
+                        .spooling
+                        .lock()
+                        .expect("throttle lock")
+                        .admit(Instant::now());
+                    if let Some(held_back) = admitted {
+                        tracing::warn!(%reason, held_back, "Kafka did not acknowledge; spooling");
+                    }
                     self.spool.append(record).await.map_err(spool_error)
                 }
                 Err((error, record)) => Err(error.with_record(record)),

@@ -9,7 +9,7 @@
 //! retries a 4xx, so refusing one would lose it.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_http::ConnectionType;
@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use runtime::throttle::Throttle;
 use schemas::{avro, RawEnvelope};
 
 use crate::access::Access;
@@ -47,6 +48,9 @@ pub struct State {
     pub budget: Budget,
     /// Cancelled when shutdown begins: from then on deliveries are answered 503.
     pub shutdown: CancellationToken,
+    /// Deliveries that could not be stored are logged at most once per 10 s (they are
+    /// all counted).
+    pub not_stored: Mutex<Throttle>,
 }
 
 impl State {
@@ -68,7 +72,13 @@ impl State {
             publisher,
             metrics,
             shutdown: CancellationToken::new(),
+            not_stored: State::log_throttle(),
         }
+    }
+
+    /// The throttle for [`State::not_stored`].
+    pub fn log_throttle() -> Mutex<Throttle> {
+        Mutex::new(Throttle::new(Duration::from_secs(10)))
     }
 
     /// A 503 for `reason` (counted, not recorded: the sender retries it).
@@ -288,7 +298,14 @@ async fn accept(
     match published {
         Ok(()) => Ok(HttpResponse::Ok().json(Receipt { event_id })),
         Err(PublishError::Unavailable(reason)) => {
-            tracing::warn!(%reason, tenant, event, "Event not stored; answering 503");
+            let admitted = state
+                .not_stored
+                .lock()
+                .expect("throttle lock")
+                .admit(Instant::now());
+            if let Some(held_back) = admitted {
+                tracing::warn!(%reason, tenant, event, held_back, "Event not stored; answering 503");
+            }
             Err(state.unavailable("unavailable"))
         }
         Err(PublishError::Refused { reason, record }) => {
