@@ -147,13 +147,14 @@ fn inflate(reader: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> 
 }
 
 /// The body as UTF-8 text when a byte-order mark says it is UTF-8 (the mark is dropped)
-/// or UTF-16 (transcoded, when valid); otherwise unchanged. JSON is UTF-8 without a
-/// mark (RFC 8259, section 8.1), but some senders add one.
-pub fn without_byte_order_mark(body: Vec<u8>) -> Vec<u8> {
+/// or UTF-16 (transcoded, when valid and no longer than `limit`); otherwise unchanged.
+/// JSON is UTF-8 without a mark (RFC 8259, section 8.1), but some senders add one.
+pub fn without_byte_order_mark(body: Vec<u8>, limit: usize) -> Vec<u8> {
     let utf16 = |bytes: &[u8], unit: fn([u8; 2]) -> u16| -> Option<Vec<u8>> {
         let units = bytes.chunks(2).map(|p| Some(unit([p[0], *p.get(1)?])));
         let units: Option<Vec<u16>> = units.collect();
-        String::from_utf16(&units?).ok().map(String::into_bytes)
+        let text = String::from_utf16(&units?).ok()?;
+        (text.len() <= limit).then(|| text.into_bytes())
     };
     match body.as_slice() {
         [0xEF, 0xBB, 0xBF, rest @ ..] => rest.to_vec(),
@@ -238,22 +239,22 @@ mod tests {
     #[test]
     fn byte_order_marks_are_taken_off() {
         let text = r#"{"note": "é😀"}"#;
+        let unmark = |body: Vec<u8>| without_byte_order_mark(body, 100);
         let mut utf8 = vec![0xEF, 0xBB, 0xBF];
         utf8.extend_from_slice(text.as_bytes());
-        assert_eq!(without_byte_order_mark(utf8), text.as_bytes());
+        assert_eq!(unmark(utf8), text.as_bytes());
         let mut le = vec![0xFF, 0xFE];
         le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
-        assert_eq!(without_byte_order_mark(le), text.as_bytes());
+        assert_eq!(unmark(le), text.as_bytes());
         let mut be = vec![0xFE, 0xFF];
         be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
-        assert_eq!(without_byte_order_mark(be), text.as_bytes());
-        // Not valid UTF-16 (odd length, a lone surrogate): kept as it came.
-        assert_eq!(
-            without_byte_order_mark(vec![0xFF, 0xFE, 0x41]),
-            [0xFF, 0xFE, 0x41]
-        );
+        assert_eq!(unmark(be.clone()), text.as_bytes());
+        // Not valid UTF-16 (odd length, a lone surrogate), or longer than the limit once
+        // transcoded: kept as it came.
+        assert_eq!(unmark(vec![0xFF, 0xFE, 0x41]), [0xFF, 0xFE, 0x41]);
         let lone = vec![0xFF, 0xFE, 0x00, 0xD8];
-        assert_eq!(without_byte_order_mark(lone.clone()), lone);
-        assert_eq!(without_byte_order_mark(b"{}".to_vec()), b"{}");
+        assert_eq!(unmark(lone.clone()), lone);
+        assert_eq!(without_byte_order_mark(be.clone(), 10), be);
+        assert_eq!(unmark(b"{}".to_vec()), b"{}");
     }
 }

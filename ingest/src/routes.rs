@@ -90,14 +90,26 @@ impl State {
     }
 }
 
-/// Registers every route on an actix app.
+/// Registers every route on an actix app. A known path with another method is answered
+/// like an unknown path (404, counted and recorded), not with the library's own 405.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<State>) {
+    let only = |path: &str, route: actix_web::Route| {
+        web::resource(path)
+            .route(route)
+            .default_service(web::to(not_found))
+    };
     cfg.app_data(state)
-        .route("/hooks/{token}/{event}", web::post().to(receive_with_event))
-        .route("/hooks/{token}", web::post().to(receive_without_event))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
+        .service(only(
+            "/hooks/{token}/{event}",
+            web::post().to(receive_with_event),
+        ))
+        .service(only(
+            "/hooks/{token}",
+            web::post().to(receive_without_event),
+        ))
+        .service(only("/healthz", web::get().to(healthz)))
+        .service(only("/readyz", web::get().to(readyz)))
+        .service(only("/metrics", web::get().to(metrics)))
         .default_service(web::to(not_found));
 }
 
@@ -253,7 +265,7 @@ async fn read_body(
         },
         Err(_unknown) => return Ok(received),
     };
-    Ok(body::without_byte_order_mark(decoded))
+    Ok(body::without_byte_order_mark(decoded, limit))
 }
 
 /// Makes the delivery durable, then answers with its receipt.

@@ -152,6 +152,11 @@ async fn unknown_token_answers_exactly_like_an_unknown_path() {
     let by_path = test::call_service(&app, post("/nothing/here", CALL).to_request()).await;
     assert_eq!(by_path.status(), StatusCode::NOT_FOUND);
     assert_eq!(by_token, test::read_body(by_path).await);
+    // A known path with another method: the same answer, not the library's 405.
+    let get = test::TestRequest::get().uri(&format!("/hooks/{TOKEN}/call-ended"));
+    let by_method = test::call_service(&app, get.to_request()).await;
+    assert_eq!(by_method.status(), StatusCode::NOT_FOUND);
+    assert_eq!(by_token, test::read_body(by_method).await);
 }
 
 /// The record published for the one delivery `recorder` got: its key and envelope.
