@@ -191,6 +191,14 @@ fn classify(e: KafkaError) -> PublishError {
     }
 }
 
+/// `Some(held back since the last line)` when a throttled line may be logged now.
+pub fn admit(throttle: &Mutex<Throttle>) -> Option<u64> {
+    throttle
+        .lock()
+        .expect("throttle lock")
+        .admit(Instant::now())
+}
+
 fn spool_error(e: SpoolError) -> PublishError {
     match e {
         SpoolError::Full { .. } => PublishError::Unavailable(e.to_string()),
@@ -294,12 +302,7 @@ impl Publisher for DurablePublisher {
                     Ok(())
                 }
                 Err((PublishError::Unavailable(reason), Some(record))) => {
-                    let admitted = self
-                        .spooling
-                        .lock()
-                        .expect("throttle lock")
-                        .admit(Instant::now());
-                    if let Some(held_back) = admitted {
+                    if let Some(held_back) = admit(&self.spooling) {
                         tracing::warn!(%reason, held_back, "Kafka did not acknowledge; spooling");
                     }
                     self.spool.append(record).await.map_err(spool_error)

@@ -310,12 +310,7 @@ async fn accept(
     match published {
         Ok(()) => Ok(HttpResponse::Ok().json(Receipt { event_id })),
         Err(PublishError::Unavailable(reason)) => {
-            let admitted = state
-                .not_stored
-                .lock()
-                .expect("throttle lock")
-                .admit(Instant::now());
-            if let Some(held_back) = admitted {
+            if let Some(held_back) = crate::publisher::admit(&state.not_stored) {
                 tracing::warn!(%reason, tenant, event, held_back, "Event not stored; answering 503");
             }
             Err(state.unavailable("unavailable"))

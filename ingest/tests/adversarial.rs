@@ -71,6 +71,15 @@ impl Server {
         }
     }
 
+    /// Checks (after a moment: connections are accounted once they close) that `n`
+    /// answers `status` were counted, and refused for `reason`.
+    async fn assert_refused(&self, status: u16, reason: &str, n: f64) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answered = format!(r#"ingest_requests_total{{status="{status}"}}"#);
+        let refused = format!(r#"ingest_rejected_total{{reason="{reason}"}}"#);
+        assert_eq!((self.counted(&answered), self.counted(&refused)), (n, n));
+    }
+
     fn counted(&self, series: &str) -> f64 {
         let text = self.metrics.render();
         text.lines()
@@ -135,15 +144,7 @@ async fn header_floods_get_a_431_that_is_counted_and_recorded() {
         "a".repeat(20_000)
     );
     assert_eq!(status(&exchange(server.addr, big.as_bytes()).await), 431);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        server.counted(r#"ingest_requests_total{status="431"}"#),
-        2.0
-    );
-    assert_eq!(
-        server.counted(r#"ingest_rejected_total{reason="header_too_large"}"#),
-        2.0
-    );
+    server.assert_refused(431, "header_too_large", 2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,15 +156,7 @@ async fn a_request_the_library_cannot_parse_gets_a_400_that_is_counted_and_recor
     ] {
         assert_eq!(status(&exchange(server.addr, garbage).await), 400);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        server.counted(r#"ingest_requests_total{status="400"}"#),
-        2.0
-    );
-    assert_eq!(
-        server.counted(r#"ingest_rejected_total{reason="malformed_request"}"#),
-        2.0
-    );
+    server.assert_refused(400, "malformed_request", 2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

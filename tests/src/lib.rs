@@ -8,7 +8,7 @@
 
 pub mod procs;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -431,6 +431,18 @@ impl Pipeline {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The event ids in `raw_events`, once there are at least `n` (see
+    /// [`Pipeline::wait_for_rows`]).
+    pub async fn stored_event_ids(&self, n: usize, within: Duration) -> HashSet<String> {
+        let rows = self
+            .wait_for_rows("SELECT event_id FROM {db}.raw_events", n, within)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r["event_id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Stops every service, reports any that failed, and drops the test database.

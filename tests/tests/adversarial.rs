@@ -245,18 +245,9 @@ async fn two_thousand_concurrent_deliveries_with_kafka_down_are_all_accepted_and
         ..IngestOptions::default()
     };
     pipeline.restart_ingest_with(up).await;
-    let rows = pipeline
-        .wait_for_rows(
-            "SELECT event_id FROM {db}.raw_events",
-            DELIVERIES,
-            Duration::from_secs(180),
-        )
-        .await
-        .unwrap();
-    let stored: HashSet<String> = rows
-        .iter()
-        .map(|r| r["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let stored = pipeline
+        .stored_event_ids(DELIVERIES, Duration::from_secs(180))
+        .await;
     assert_eq!(stored, accepted);
     pipeline.stop().await;
     let _ = std::fs::remove_dir_all(spool);
