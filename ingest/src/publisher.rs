@@ -101,9 +101,14 @@ impl KafkaPublisher {
                 Err((e, _)) => return Err((classify(e), Some(record))),
             }
         };
+        // Drop the payload now, not when this function returns (a field left behind in a
+        // destructured value lives as long as the value would have).
         let Record {
-            key, traceparent, ..
+            key,
+            payload,
+            traceparent,
         } = record;
+        drop(payload);
         match delivery.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, message))) => {
