@@ -1,20 +1,21 @@
 //! The memory budget: how many bytes of request bodies ingest holds at once, from the
 //! first byte read until the delivery is answered.
 //!
-//! A delivery's bytes are charged as they arrive, twice: once for the body and once for
-//! its copy on the way to durability (the encoded record, which Kafka's client or the
-//! spool holds while ingest waits; the body itself is let go before that wait). A charge
-//! never waits: when the budget is spent, the delivery is answered 503 at once, so
-//! deliveries never hold part of the budget while waiting for more (which could leave
-//! them all waiting). Parsing gets a pool of its own: it is brief and never waits for
-//! anything else, so waiting for that pool is safe.
-
+//! A delivery's bytes are charged as they arrive, three times: once for the body, once
+//! for its copy on the way to durability (the encoded record, which Kafka's client or the
+//! spool holds while ingest waits; the body itself is let go before that wait), and once
+//! for the buffer being grown while the body is read or its record encoded (a growing
+//! buffer holds its old and its new allocation for a moment). A charge never waits: when
+//! the budget is spent, the delivery is answered 503 at once, so deliveries never hold
+//! part of the budget while waiting for more (which could leave them all waiting).
+//! Parsing gets a pool of its own: it is brief and never waits for anything else, so
+//! waiting for that pool is safe.
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Copies of a body ingest may hold while handling it (see the module docs).
-pub const COPIES: usize = 2;
+pub const COPIES: usize = 3;
 
 /// The budget for bodies, and the pool for parsing them.
 #[derive(Debug, Clone)]
@@ -73,7 +74,7 @@ impl Budget {
 }
 
 impl Charge {
-    /// Charges another `bytes` of body, with room for its copy; refuses at once when the
+    /// Charges another `bytes` of body, with room for its copies; refuses at once when the
     /// budget has no room.
     pub fn grow(&mut self, bytes: usize) -> Result<(), OverBudget> {
         let bytes = bytes.saturating_mul(COPIES);
@@ -103,17 +104,17 @@ mod tests {
 
     #[test]
     fn charges_are_refused_once_the_budget_is_spent_and_given_back_when_dropped() {
-        let budget = Budget::new(100, 10);
+        let budget = Budget::new(50 * COPIES, 10);
         let mut first = budget.charge();
-        first.grow(30).unwrap();
-        assert_eq!(first.bytes(), 60);
+        first.grow(15).unwrap();
+        assert_eq!(first.bytes(), 15 * COPIES);
         let mut second = budget.charge();
-        assert_eq!(second.grow(21), Err(OverBudget));
-        second.grow(20).unwrap();
-        assert_eq!(budget.held(), 100);
+        assert_eq!(second.grow(36), Err(OverBudget));
+        second.grow(35).unwrap();
+        assert_eq!(budget.held(), 50 * COPIES);
         drop(first);
-        assert_eq!(budget.held(), 40);
-        second.grow(30).unwrap();
+        assert_eq!(budget.held(), 35 * COPIES);
+        second.grow(15).unwrap();
         drop(second);
         assert_eq!(budget.held(), 0);
     }

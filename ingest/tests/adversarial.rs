@@ -263,14 +263,14 @@ async fn two_hundred_slow_senders_neither_slow_nor_refuse_a_normal_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_over_the_memory_budget_get_503_and_the_budget_comes_back() {
-    // 100 MB in all and 40 connections leave about 5 MB for bodies: four or five bodies
-    // of 500 kB with their copies.
+    // 164 MB in all and 40 connections leave about 7.7 MB for bodies: five bodies of
+    // 500 kB with their copies.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let recorder = Recorder {
         held: Some(gate.clone()),
         ..Recorder::default()
     };
-    let args = ["--memory-budget-bytes=100000000", "--max-connections=40"];
+    let args = ["--memory-budget-bytes=164000000", "--max-connections=40"];
     let server = Server::start_with(&args, recorder, Access::default(), "127.0.0.1:0").await;
     let body = format!(r#"{{"id": 1, "pad": "{}"}}"#, "x".repeat(500_000));
     let request = format!("{}{body}", head(body.len()));
