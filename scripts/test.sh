@@ -50,9 +50,12 @@ set -a
 set +a
 
 log "shell scripts parse"
-for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/stress-ingest scripts/chaos .ci/run; do
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/stress-ingest scripts/chaos .ci/run \
+    scripts/cluster-services scripts/cluster-test scripts/cluster/check-sql scripts/cluster/lib.sh \
+    scripts/cluster/facts-*.sh scripts/cluster/kafka-cli scripts/cluster/zk; do
     bash -n "$script"
 done
+python3 -m py_compile scripts/cluster/cluster_ddl.py scripts/cluster/same_answers.py scripts/cluster/kafka_durability.py
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -87,6 +90,9 @@ CLICKHOUSE_URL=$CHDB_URL cargo test -p tests --locked \
     --test call_ended --test bad_rows --test crash_restart --test replay --test topic_reset \
     --test schema_version
 
+log "chaos harness, short run on the current engine (inserts stored twice counted too)"
+scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-s 5 --clickhouse-service chdb
+
 log "SQL, dashboards and analytics on ClickHouse 18.16 and on a current engine (chdb)"
 cargo build --locked -q --bins
 export SIMULATE_BIN=$ROOT/target/debug/simulate
@@ -99,4 +105,5 @@ fi
 
 log "docker-compose config"
 docker-compose -f docker-compose.yml config -q
-echo "docker-compose.yml is valid"
+docker-compose -f docker-compose.yml -f docker-compose.cluster.yml config -q
+echo "docker-compose.yml (alone and with docker-compose.cluster.yml) is valid"

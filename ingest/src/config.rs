@@ -213,6 +213,8 @@ pub enum ConfigError {
     },
     #[error("INGEST_SPOOL_MAX_BYTES={max_bytes} cannot hold one delivery of INGEST_MAX_BODY_BYTES (the file needs about {needed} bytes for it)")]
     SpoolTooSmall { max_bytes: u64, needed: u64 },
+    #[error(transparent)]
+    Kafka(#[from] runtime::kafka::KafkaConfigError),
 }
 
 impl Config {
@@ -223,6 +225,7 @@ impl Config {
         if self.spool.sink == Sink::Spool && self.spool.spool_dir.is_none() {
             return Err(ConfigError::SpoolSinkWithoutDir);
         }
+        self.kafka.validate()?;
         // Checked here rather than met at run time: a record Kafka's client refuses as
         // too large would be a 500, which the sender retries to no end.
         if http.largest_record_bytes() > http.kafka_message_max_bytes {
@@ -487,5 +490,23 @@ mod tests {
             .contains("--sink"));
         let config = parse(&["--sink", "spool", "--spool-dir", "/tmp/s"]).unwrap();
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn min_insync_replicas_above_the_replication_factor_stops_ingest_at_start() {
+        // Both flags are given: the environment of a test run may set either.
+        let config = parse(&[
+            "--topic-replication",
+            "1",
+            "--topic-min-insync-replicas",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Kafka(
+                runtime::kafka::KafkaConfigError::MinInsyncAboveReplication { .. }
+            ))
+        ));
     }
 }

@@ -44,6 +44,8 @@ pub enum RunError {
     #[error("kafka client could not be created: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
+    Topics(#[from] runtime::TopicError),
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("http server failed: {0}")]
     Http(#[from] std::io::Error),
@@ -80,17 +82,20 @@ pub async fn run(
         (Sink::Spool, Some(spool)) => Arc::new(SpoolOnlyPublisher(spool.clone())),
         (_, spool) => {
             // Never wait for Kafka to start: the spool (or a 503) covers its absence.
-            let raw_topic = config.topics.raw_topic.as_str();
+            let raw_topic = config.topics.raw();
             let check = publisher::check_raw_topic(&config.kafka, raw_topic);
             match tokio::time::timeout(Duration::from_secs(5), check).await {
                 Ok(Ok(Some(topic_max))) if topic_max < largest => {
                     return Err(RunError::TopicTooSmall {
-                        topic: raw_topic.to_owned(),
+                        topic: raw_topic.name().to_owned(),
                         topic_max,
                         needed: largest,
                     });
                 }
                 Ok(Ok(_)) => {}
+                // A setting that cannot work (too few brokers for the replication
+                // factor): waiting cannot fix it, so stop with its message.
+                Ok(Err(e)) if e.is_setting() => return Err(e.into()),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "Could not check the raw topic; continuing")
                 }
@@ -98,7 +103,7 @@ pub async fn run(
             }
             let kafka = Arc::new(KafkaPublisher::new(
                 &config.kafka,
-                raw_topic,
+                raw_topic.name(),
                 produce_timeout,
                 (
                     config.http.kafka_message_max_bytes,

@@ -169,12 +169,15 @@ impl Publisher for KafkaPublisher {
 
 /// Creates the raw topic when it is missing, and returns the largest record it takes
 /// (`max.message.bytes`), when the broker says.
-pub async fn check_raw_topic(kafka: &KafkaArgs, topic: &str) -> Result<Option<usize>, KafkaError> {
-    kafka.ensure_topics(&[topic]).await?;
+pub async fn check_raw_topic(
+    kafka: &KafkaArgs,
+    topic: runtime::Topic<'_>,
+) -> Result<Option<usize>, runtime::TopicError> {
+    kafka.create_missing_topics(&[topic]).await?;
     let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
     let described = admin
-        .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+        .describe_configs(&[ResourceSpecifier::Topic(topic.name())], &options)
         .await?;
     Ok(described
         .into_iter()

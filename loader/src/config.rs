@@ -23,6 +23,8 @@ pub struct Config {
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub batch: BatchArgs,
+    #[command(flatten)]
+    pub dedup: DedupArgs,
     /// Whether each insert's offset range is recorded in `loader_blocks` before it is
     /// written, so that after a crash the same blocks are inserted again (which servers
     /// with insert deduplication tokens then drop): `auto` records them on those servers.
@@ -37,6 +39,16 @@ pub struct Config {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running the service.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Create the database and apply the migrations it has not seen, then exit (the
+    /// service also does this at start on a single server).
+    Migrate,
 }
 
 /// How to reach ClickHouse.
@@ -50,6 +62,25 @@ pub struct ClickHouseArgs {
         value_parser = http_url
     )]
     pub url: String,
+    /// Every server the loader may use, comma-separated http(s) URLs, tried in order
+    /// when one cannot be reached (a cluster's replicas); empty: `CLICKHOUSE_URL` only.
+    #[arg(
+        long = "clickhouse-urls",
+        env = "CLICKHOUSE_URLS",
+        default_value = "",
+        value_parser = http_urls
+    )]
+    pub urls: HttpUrls,
+    /// The ClickHouse cluster (`remote_servers`) the tables live on; empty: one server.
+    /// In a cluster the tables are Replicated and Distributed, `loader migrate` applies
+    /// the migrations once, and loaders only check the schema version at start.
+    #[arg(
+        long = "clickhouse-cluster",
+        env = "CLICKHOUSE_CLUSTER",
+        default_value = "",
+        value_parser = cluster_name
+    )]
+    pub cluster: String,
     /// Database the tables live in; created at start if missing.
     #[arg(
         long = "clickhouse-database",
@@ -115,6 +146,20 @@ impl Switch {
     }
 }
 
+/// How far back a sender's duplicate is recognized before it is written.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DedupArgs {
+    /// Receipts of the events of this many past seconds are held in memory, so that a
+    /// sender's late retry of one of them is not written again (an older one is).
+    #[arg(long, env = "LOADER_DEDUP_WINDOW_S", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(60..=30 * 86_400))]
+    pub dedup_window_s: u64,
+    /// At most this many receipts are held (about 50 bytes each); the oldest go first.
+    #[arg(long, env = "LOADER_DEDUP_MAX_EVENTS", default_value_t = 2_000_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1000..))]
+    pub dedup_max_events: usize,
+}
+
 /// When a batch is written to ClickHouse.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchArgs {
@@ -149,6 +194,8 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("{0:?} is invalid: use [A-Za-z_][A-Za-z0-9_]*, at most 64 characters")]
     BadDatabase(String),
+    #[error("{0}")]
+    BadCluster(String),
 }
 
 /// Reads `CLICKHOUSE_URL`.
@@ -157,6 +204,38 @@ pub fn http_url(text: &str) -> Result<String, ConfigError> {
         Ok(text.to_owned())
     } else {
         Err(ConfigError::BadUrl(text.to_owned()))
+    }
+}
+
+/// A list of http(s) URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpUrls(pub Vec<String>);
+
+/// Reads `CLICKHOUSE_URLS`.
+pub fn http_urls(text: &str) -> Result<HttpUrls, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(http_url)
+        .collect::<Result<Vec<_>, _>>()
+        .map(HttpUrls)
+}
+
+/// Reads `CLICKHOUSE_CLUSTER`: empty, or a cluster name statements can use unquoted.
+pub fn cluster_name(text: &str) -> Result<String, ConfigError> {
+    warehouse::layout::Layout::from_cluster_setting(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| ConfigError::BadCluster(e.to_string()))
+}
+
+impl ClickHouseArgs {
+    /// The servers to use, in order.
+    pub fn urls(&self) -> Vec<String> {
+        if self.urls.0.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.0.clone()
+        }
     }
 }
 

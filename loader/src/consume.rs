@@ -335,6 +335,8 @@ impl<'a> Consume<'a> {
             return Ok(step);
         }
         let known_epoch = known.map_or(0, |s| s.epoch);
+        // Another loader may have written this partition's events meanwhile.
+        self.writer.resumed();
         let plan = self
             .writer
             .plan(tp, offset, block::fingerprint(payload), known_epoch)

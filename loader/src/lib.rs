@@ -18,6 +18,7 @@ pub mod batch;
 pub mod block;
 pub mod config;
 pub mod consume;
+pub mod known;
 pub mod metrics;
 pub mod sink;
 pub mod write;
@@ -31,7 +32,7 @@ use runtime::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use sink::{Sink, SinkError};
+use sink::{Schema, Sink, SinkError};
 
 /// Why the loader stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum RunError {
     ClickHouse(#[from] SinkError),
     #[error("kafka client failed: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Topics(#[from] runtime::TopicError),
     #[error(transparent)]
     Metrics(#[from] runtime::metrics::ServeError),
 }
@@ -52,13 +55,19 @@ pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Durat
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let Some(sink) = connect(&config, &shutdown).await? else {
+    // On one server the loader migrates at start; in a cluster only `loader migrate` does.
+    let schema = if config.clickhouse.cluster.is_empty() {
+        Schema::Migrate
+    } else {
+        Schema::Check
+    };
+    let Some(sink) = connect(&config, schema, &shutdown).await? else {
         return Ok(());
     };
     let topics = &config.topics;
     config
         .kafka
-        .ensure_topics(&[&topics.normalized_topic, &topics.dlq_topic])
+        .create_missing_topics(&[topics.normalized(), topics.dlq()])
         .await?;
     let metrics = metrics::Metrics::default();
     runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
@@ -78,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         topics.dlq_topic.clone(),
         config.group_id.clone(),
         metrics,
+        &config.dedup,
     ));
     let result = consume::Consume::new(&config, &consumer, writer)
         .run(&shutdown)
@@ -86,12 +96,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     result
 }
 
+/// `loader migrate`: creates the database and applies pending migrations, then returns
+/// the schema version.
+pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u32, RunError> {
+    match connect(config, Schema::Migrate, shutdown).await? {
+        Some(sink) => Ok(sink.schema_version()),
+        None => Ok(0),
+    }
+}
+
 /// Connects to ClickHouse, retrying while it is starting up; `None` on shutdown.
-async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option<Sink>, RunError> {
+async fn connect(
+    config: &Config,
+    schema: Schema,
+    shutdown: &CancellationToken,
+) -> Result<Option<Sink>, RunError> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let mut attempt = 0;
     loop {
-        match Sink::connect(&config.clickhouse, config.block_log).await {
+        match Sink::connect(&config.clickhouse, config.block_log, schema).await {
             Ok(sink) => return Ok(Some(sink)),
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 attempt += 1;

@@ -10,6 +10,15 @@ async fn main() -> anyhow::Result<()> {
     let config = loader::Config::parse();
     let _telemetry = runtime::logging::init(&config.log, "loader");
     let shutdown = runtime::shutdown::on_signal();
-    loader::run(config, shutdown).await?;
+    match config.command {
+        None => loader::run(config, shutdown).await?,
+        Some(loader::config::Command::Migrate) => {
+            let version = loader::migrate(&config, &shutdown).await?;
+            println!(
+                "database {} is at schema version {version}",
+                config.clickhouse.database
+            );
+        }
+    }
     Ok(())
 }

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
-use runtime::metrics::{counter, counter_vec, gauge, histogram, COUNT_BUCKETS, SECONDS_BUCKETS};
+use prometheus::{CounterVec, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use runtime::metrics::{
+    counter, counter_vec, float_counter_vec, gauge, histogram, COUNT_BUCKETS, SECONDS_BUCKETS,
+};
 
 use warehouse::Table;
 
@@ -31,8 +33,44 @@ pub const DEAD_LETTERED_TOTAL: &str = "loader_dead_lettered_total";
 pub const EVENT_DELAY_SECONDS: &str = "loader_event_delay_seconds";
 /// Records of the consumed topics not yet committed by the group.
 pub const CONSUMER_LAG_RECORDS: &str = "loader_consumer_lag_records";
+/// Deliveries not written because their event was stored with an earlier receipt.
+pub const DUPLICATES_DROPPED_TOTAL: &str = "loader_duplicates_dropped_total";
 /// Times a partition's offsets were found restarted (topic recreated, Kafka data reset).
 pub const OFFSETS_RESTARTED_TOTAL: &str = "loader_offsets_restarted_total";
+/// Seconds spent waiting on ClickHouse, by step: each storage table's inserts (the
+/// table's name), and `receipts`, `key_days`, `entity_keys`, `block_log`.
+pub const CLICKHOUSE_SECONDS_TOTAL: &str = "loader_clickhouse_seconds_total";
+
+/// A request the loader waits on ClickHouse for, besides a storage table's inserts.
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    /// Reading the receipts of recent events (at start and on resuming a partition).
+    Receipts,
+    /// Reading the days of entities not in memory.
+    KeyDays,
+    /// Inserting the days of entities seen for the first time.
+    EntityKeys,
+    /// Recording a block in `loader_blocks` (before and after writing it).
+    BlockLog,
+}
+
+impl Request {
+    const ALL: [Request; 4] = [
+        Request::Receipts,
+        Request::KeyDays,
+        Request::EntityKeys,
+        Request::BlockLog,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Request::Receipts => "receipts",
+            Request::KeyDays => "key_days",
+            Request::EntityKeys => "entity_keys",
+            Request::BlockLog => "block_log",
+        }
+    }
+}
 
 /// Every loader metric, registered in one registry.
 pub struct Metrics {
@@ -48,6 +86,8 @@ pub struct Metrics {
     event_delay: Histogram,
     pub lag: IntGauge,
     pub offsets_restarted: IntCounter,
+    pub duplicates_dropped: IntCounter,
+    clickhouse_seconds: CounterVec,
 }
 
 impl Default for Metrics {
@@ -112,10 +152,21 @@ impl Default for Metrics {
                 CONSUMER_LAG_RECORDS,
                 "Records of the consumed topics not yet committed by the group.",
             ),
+            duplicates_dropped: counter(
+                &registry,
+                DUPLICATES_DROPPED_TOTAL,
+                "Deliveries not written: their event was stored with an earlier receipt.",
+            ),
             offsets_restarted: counter(
                 &registry,
                 OFFSETS_RESTARTED_TOTAL,
                 "Times a partition's offsets were found restarted (a new epoch of blocks).",
+            ),
+            clickhouse_seconds: float_counter_vec(
+                &registry,
+                CLICKHOUSE_SECONDS_TOTAL,
+                "Seconds spent waiting on ClickHouse, by step (a storage table's inserts, receipts, key_days, entity_keys, block_log).",
+                &["step"],
             ),
             registry,
         };
@@ -126,6 +177,14 @@ impl Default for Metrics {
         for table in Table::ALL {
             metrics.rows_written.with_label_values(&[table.name()]);
             metrics.inserts.with_label_values(&[table.name()]);
+            metrics
+                .clickhouse_seconds
+                .with_label_values(&[table.name()]);
+        }
+        for step in Request::ALL {
+            metrics
+                .clickhouse_seconds
+                .with_label_values(&[step.as_str()]);
         }
         for reason in FlushReason::ALL {
             metrics.batches.with_label_values(&[reason.as_str()]);
@@ -173,6 +232,20 @@ impl Metrics {
     /// Counts one insert statement the server accepted.
     pub fn inserted(&self, table: Table) {
         self.inserts.with_label_values(&[table.name()]).inc();
+    }
+
+    /// Adds the time one insert statement into `table` took, accepted or not.
+    pub fn inserting(&self, table: Table, took: Duration) {
+        self.clickhouse_seconds
+            .with_label_values(&[table.name()])
+            .inc_by(took.as_secs_f64());
+    }
+
+    /// Adds the time one other request to ClickHouse took, answered or not.
+    pub fn waited(&self, step: Request, took: Duration) {
+        self.clickhouse_seconds
+            .with_label_values(&[step.as_str()])
+            .inc_by(took.as_secs_f64());
     }
 
     pub fn dead_lettered(&self, reason: &str, n: u64) {

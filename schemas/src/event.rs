@@ -5,7 +5,7 @@
 //! still accepted and kept as unrecognized: the platform may add events.
 
 /// What an event is about. Also the middle part of the Kafka key `{tenant}:{entity}:{id}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entity {
     Call,
     Message,
@@ -14,6 +14,19 @@ pub enum Entity {
 }
 
 impl Entity {
+    /// Every entity.
+    pub const ALL: [Entity; 4] = [
+        Entity::Call,
+        Entity::Message,
+        Entity::Contact,
+        Entity::ContactList,
+    ];
+
+    /// The entity named `name` (see [`Entity::as_str`]).
+    pub fn from_name(name: &str) -> Option<Entity> {
+        Entity::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+
     /// The name used in Kafka keys, tables and the `entity` field of normalized records.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,6 +1,10 @@
 //! The rows the simulated traffic becomes, written as JSON lines per storage table: the
-//! real identity, normalization and row mapping, without Kafka or ClickHouse. Used to
-//! test dashboard and analytics queries on a current ClickHouse engine.
+//! real identity, normalization and row mapping, without Kafka or ClickHouse. They are
+//! the rows as they reach the loader, before it settles a block (`warehouse::resolve`):
+//! the sender's duplicates and late retries are still there, and `key_day` and
+//! `loaded_at_ms` are left for the reader to fill (the SQL checks model the loader; see
+//! `sqlcheck/loader_model.py`). Used to test dashboard and analytics queries on both
+//! ClickHouse engines.
 
 use std::fs;
 use std::io::Write;

@@ -6,6 +6,6 @@ SELECT
     direction,
     count() AS calls
 FROM switchboard.calls
-WHERE started_at >= now() - INTERVAL 7 DAY
+WHERE key_day >= toDate(now() - INTERVAL 7 DAY, 'UTC') AND started_at >= now() - INTERVAL 7 DAY
 GROUP BY tenant, local_hour, direction
 ORDER BY tenant, local_hour, direction

@@ -8,6 +8,6 @@ SELECT
             'not answered') AS outcome,
     count() AS calls
 FROM switchboard.calls
-WHERE started_at >= now() - INTERVAL 30 DAY
+WHERE key_day >= toDate(now() - INTERVAL 30 DAY, 'UTC') AND started_at >= now() - INTERVAL 30 DAY
 GROUP BY tenant, local_day, outcome
 ORDER BY tenant, local_day, outcome

@@ -5,6 +5,6 @@ SELECT
     countIf(ifNull(abandoned, 0) = 1) AS abandoned_calls,
     round(abandoned_calls / inbound_calls, 4) AS abandonment_rate
 FROM switchboard.calls
-WHERE direction = 'inbound' AND started_at >= now() - INTERVAL 7 DAY
+WHERE key_day >= toDate(now() - INTERVAL 7 DAY, 'UTC') AND started_at >= now() - INTERVAL 7 DAY AND direction = 'inbound'
 GROUP BY tenant
 ORDER BY tenant

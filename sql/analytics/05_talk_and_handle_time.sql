@@ -6,6 +6,7 @@ SELECT
     round(avg(talk_time_s), 1) AS avg_talk_s,
     round(avg(duration_s), 1) AS avg_handle_s
 FROM switchboard.calls
-WHERE ifNull(talk_time_s, 0) > 0 AND started_at >= now() - INTERVAL 7 DAY
+WHERE key_day >= toDate(now() - INTERVAL 7 DAY, 'UTC') AND started_at >= now() - INTERVAL 7 DAY
+  AND ifNull(talk_time_s, 0) > 0
 GROUP BY tenant, direction
 ORDER BY tenant, direction

@@ -4,6 +4,7 @@ SELECT
     disposition_code,
     count() AS calls
 FROM switchboard.calls
-WHERE disposition_code != '' AND started_at >= now() - INTERVAL 7 DAY
+WHERE key_day >= toDate(now() - INTERVAL 7 DAY, 'UTC') AND started_at >= now() - INTERVAL 7 DAY
+  AND disposition_code != ''
 GROUP BY tenant, disposition_code
 ORDER BY tenant, calls DESC

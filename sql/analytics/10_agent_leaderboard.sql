@@ -8,8 +8,9 @@ SELECT
 FROM switchboard.call_agents
 ALL INNER JOIN
 (
-    SELECT tenant, call_id, talk_time_s, started_at FROM switchboard.calls
+    SELECT tenant, call_id, talk_time_s FROM switchboard.calls
+    WHERE key_day >= toDate(now() - INTERVAL 7 DAY, 'UTC') AND started_at >= now() - INTERVAL 7 DAY
 ) AS c USING (tenant, call_id)
-WHERE agent_action = 'Answered' AND started_at >= now() - INTERVAL 7 DAY
+WHERE key_day >= toDate(now() - INTERVAL 7 DAY, 'UTC') AND agent_action = 'Answered'
 GROUP BY tenant, agent_name
 ORDER BY tenant, calls_answered DESC

@@ -6,6 +6,6 @@ SELECT
     channel,
     count() AS messages
 FROM switchboard.messages
-WHERE sent_at >= now() - INTERVAL 30 DAY
+WHERE key_day >= toDate(now() - INTERVAL 30 DAY, 'UTC') AND sent_at >= now() - INTERVAL 30 DAY
 GROUP BY tenant, local_day, direction, channel
 ORDER BY tenant, local_day, direction, channel

@@ -4,6 +4,7 @@ SELECT
     toDate(ifNull(created_at, first_seen_at)) AS day,
     count() AS new_contacts
 FROM switchboard.contacts
-WHERE ifNull(created_at, first_seen_at) >= now() - INTERVAL 30 DAY
+WHERE key_day >= toDate(now() - INTERVAL 31 DAY, 'UTC')
+  AND ifNull(created_at, first_seen_at) >= now() - INTERVAL 30 DAY
 GROUP BY tenant, day
 ORDER BY tenant, day

@@ -24,7 +24,7 @@ async fn a_refused_row_is_dead_lettered_and_the_rest_of_its_batch_loads() {
     pipeline
         .clickhouse
         .execute(&format!(
-            "ALTER TABLE {{db}}.call_events_store ADD COLUMN poison UInt8 \
+            "ALTER TABLE {{db}}.call_events_store_v2 ADD COLUMN poison UInt8 \
              MATERIALIZED throwIf(call_id = {POISON})"
         ))
         .await

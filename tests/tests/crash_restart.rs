@@ -34,7 +34,7 @@ async fn a_loader_killed_at_random_moments_redoes_the_same_blocks_and_loses_noth
         let some = (CALLS * step + 1) as usize;
         pipeline
             .wait_for_rows(
-                "SELECT event_id FROM {db}.raw_events_store",
+                "SELECT event_id FROM {db}.raw_events_store_v2",
                 some,
                 Duration::from_secs(60),
             )
@@ -50,13 +50,13 @@ async fn a_loader_killed_at_random_moments_redoes_the_same_blocks_and_loses_noth
     assert_histories_complete(&pipeline, CALLS, STEPS, Duration::from_secs(120)).await;
     let stored = pipeline
         .clickhouse
-        .rows("SELECT count() AS rows, uniqExact(event_id) AS events FROM {db}.raw_events_store")
+        .rows("SELECT count() AS rows, uniqExact(event_id) AS events FROM {db}.raw_events_store_v2")
         .await
         .unwrap();
-    eprintln!("raw_events_store after {kills} kills: {stored:?}");
+    eprintln!("raw_events_store_v2 after {kills} kills: {stored:?}");
     if physical {
         let total = (CALLS * STEPS) as usize;
-        for table in ["raw_events_store", "call_events_store"] {
+        for table in ["raw_events_store_v2", "call_events_store_v2"] {
             let stored = pipeline
                 .clickhouse
                 .rows(&format!(

@@ -78,12 +78,15 @@ async fn the_key_counters_move_when_events_flow() {
         (r#"loader_records_in_total{source="normalized"}"#, n + 2.0),
         (r#"loader_records_in_total{source="dlq"}"#, 2.0),
         (
-            r#"loader_rows_written_total{table="raw_events_store"}"#,
+            r#"loader_rows_written_total{table="raw_events_store_v2"}"#,
             n + 2.0,
         ),
-        (r#"loader_rows_written_total{table="call_events_store"}"#, n),
         (
-            r#"loader_rows_written_total{table="dead_letters_store"}"#,
+            r#"loader_rows_written_total{table="call_events_store_v2"}"#,
+            n,
+        ),
+        (
+            r#"loader_rows_written_total{table="dead_letters_store_v2"}"#,
             2.0,
         ),
         ("loader_insert_duration_seconds_count", 1.0),

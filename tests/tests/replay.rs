@@ -45,15 +45,18 @@ async fn a_replay_replaces_rows_in_place_without_duplicates() {
         .unwrap();
 
     // What an older, wrong normalization would have stored for one event: same event
-    // id and receipt time, another disposition. Readers see it (the row inserted last
-    // wins for one event id and receipt time).
+    // id and receipt time, another disposition, loaded after the right one. Readers see
+    // it (for one event, the row of the newest load wins).
     pipeline
         .clickhouse
         .execute(&format!(
-            "INSERT INTO {{db}}.call_events_store \
-             (event_id, tenant, event, call_id, received_at, received_at_ms, direction, disposition_code) \
-             SELECT event_id, tenant, event, call_id, received_at, received_at_ms, direction, 'STALE' \
-             FROM {{db}}.call_events_store FINAL WHERE call_id = {STALE_CALL} AND event = 'call-disposition-modified'"
+            "INSERT INTO {{db}}.call_events_store_v2 \
+             (event_id, tenant, event, call_id, key_day, received_at, received_at_ms, direction, \
+              disposition_code, loaded_at_ms) \
+             SELECT event_id, tenant, event, call_id, key_day, received_at, received_at_ms, direction, \
+              'STALE', loaded_at_ms + 1 \
+             FROM {{db}}.call_events_store_v2 FINAL \
+             WHERE call_id = {STALE_CALL} AND event = 'call-disposition-modified'"
         ))
         .await
         .unwrap();

@@ -75,7 +75,7 @@ async fn events_after_the_topics_are_recreated_all_land() {
         let stored = pipeline
             .clickhouse
             .rows(
-                "SELECT count() AS rows, uniqExact(event_id) AS events FROM {db}.raw_events_store",
+                "SELECT count() AS rows, uniqExact(event_id) AS events FROM {db}.raw_events_store_v2",
             )
             .await
             .unwrap();

@@ -1,15 +1,19 @@
 //! Switchboard's storage model: the ClickHouse tables (listed once, in [`Table`]), the row
 //! each one takes, the pure mapping from normalized events and dead letters to rows, and
-//! the migrations that create the tables.
+//! the migrations that create the tables, and where they live (one server or a cluster:
+//! [`Layout`]).
 //!
 //! No I/O: the loader writes these rows to ClickHouse; the simulator, the chaos harness
 //! and the benchmarks compute them without linking a Kafka or ClickHouse client. The
 //! `clickhouse` feature derives the `clickhouse` crate's `Row` for the loader.
 
+pub mod layout;
 pub mod migrations;
+pub mod resolve;
 pub mod rows;
 pub mod table;
 
+pub use layout::Layout;
 pub use rows::{
     CallEventRow, ContactEventRow, ContactListEventRow, DeadLetterRow, MessageEventRow,
     RawEventRow, Tables,

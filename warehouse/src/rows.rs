@@ -11,7 +11,7 @@ use schemas::{
 
 use crate::table::{StoreRow, Table};
 
-/// A row of `raw_events_store`.
+/// A row of `raw_events_store_v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct RawEventRow {
@@ -27,9 +27,12 @@ pub struct RawEventRow {
     pub source_addr: String,
     pub payload: String,
     pub error: String,
+    /// Chosen by the loader once per block (the same when the block is written again;
+    /// later for a replay): for one event, the newest load wins.
+    pub loaded_at_ms: u64,
 }
 
-/// A row of `call_events_store`.
+/// A row of `call_events_store_v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct CallEventRow {
@@ -37,6 +40,9 @@ pub struct CallEventRow {
     pub tenant: String,
     pub event: String,
     pub call_id: i64,
+    /// The entity's day (`Date`: days since 1970), assigned once per entity (see
+    /// `resolve`); 0 until then.
+    pub key_day: u16,
     pub received_at: u32,
     pub received_at_ms: u64,
     pub direction: String,
@@ -71,9 +77,12 @@ pub struct CallEventRow {
     pub agent_names: Vec<String>,
     pub agent_actions: Vec<String>,
     pub agent_types: Vec<String>,
+    /// Chosen by the loader once per block (the same when the block is written again;
+    /// later for a replay): for one event, the newest load wins.
+    pub loaded_at_ms: u64,
 }
 
-/// A row of `contact_events_store`.
+/// A row of `contact_events_store_v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct ContactEventRow {
@@ -81,6 +90,9 @@ pub struct ContactEventRow {
     pub tenant: String,
     pub event: String,
     pub contact_id: i64,
+    /// The entity's day (`Date`: days since 1970), assigned once per entity (see
+    /// `resolve`); 0 until then.
+    pub key_day: u16,
     pub received_at: u32,
     pub received_at_ms: u64,
     pub first_name: String,
@@ -91,9 +103,12 @@ pub struct ContactEventRow {
     pub utc_offset_s: Option<i32>,
     pub additional_fields: String,
     pub integrations: String,
+    /// Chosen by the loader once per block (the same when the block is written again;
+    /// later for a replay): for one event, the newest load wins.
+    pub loaded_at_ms: u64,
 }
 
-/// A row of `contact_list_events_store`.
+/// A row of `contact_list_events_store_v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct ContactListEventRow {
@@ -101,6 +116,9 @@ pub struct ContactListEventRow {
     pub tenant: String,
     pub event: String,
     pub list_id: i64,
+    /// The entity's day (`Date`: days since 1970), assigned once per entity (see
+    /// `resolve`); 0 until then.
+    pub key_day: u16,
     pub received_at: u32,
     pub received_at_ms: u64,
     pub name: String,
@@ -109,9 +127,12 @@ pub struct ContactListEventRow {
     pub member_ids: Vec<i64>,
     pub created_at: Option<u32>,
     pub utc_offset_s: Option<i32>,
+    /// Chosen by the loader once per block (the same when the block is written again;
+    /// later for a replay): for one event, the newest load wins.
+    pub loaded_at_ms: u64,
 }
 
-/// A row of `message_events_store`.
+/// A row of `message_events_store_v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct MessageEventRow {
@@ -119,6 +140,9 @@ pub struct MessageEventRow {
     pub tenant: String,
     pub event: String,
     pub message_id: String,
+    /// The entity's day (`Date`: days since 1970), assigned once per entity (see
+    /// `resolve`); 0 until then.
+    pub key_day: u16,
     pub received_at: u32,
     pub received_at_ms: u64,
     pub direction: String,
@@ -132,9 +156,12 @@ pub struct MessageEventRow {
     pub contact_id: Option<i64>,
     pub agent_id: Option<i64>,
     pub agent_name: String,
+    /// Chosen by the loader once per block (the same when the block is written again;
+    /// later for a replay): for one event, the newest load wins.
+    pub loaded_at_ms: u64,
 }
 
-/// A row of `dead_letters_store`.
+/// A row of `dead_letters_store_v2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "clickhouse", derive(clickhouse::Row))]
 pub struct DeadLetterRow {
@@ -155,6 +182,9 @@ pub struct DeadLetterRow {
     pub http_status: Option<u16>,
     /// Where the delivery came from, when known.
     pub source_addr: String,
+    /// Chosen by the loader once per block (the same when the block is written again;
+    /// later for a replay): for one event, the newest load wins.
+    pub loaded_at_ms: u64,
 }
 
 macro_rules! store_row {
@@ -216,6 +246,28 @@ impl Tables {
         })
     }
 
+    /// Stamps every row with the block's `loaded_at_ms`.
+    pub fn stamp(&mut self, loaded_at_ms: u64) {
+        self.raw
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+        self.calls
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+        self.contacts
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+        self.contact_lists
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+        self.messages
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+        self.dead_letters
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+    }
+
     /// Whether no table has a row.
     pub fn is_empty(&self) -> bool {
         self.counts().iter().all(|(_, rows)| *rows == 0)
@@ -260,6 +312,7 @@ impl Tables {
             source_addr: event.source_addr,
             payload: event.payload,
             error: event.error,
+            loaded_at_ms: 0,
         });
         bytes
     }
@@ -282,6 +335,7 @@ impl Tables {
             failed_at_ms: u64::try_from(letter.failed_at).unwrap_or_default(),
             http_status: letter.http_status.and_then(|s| u16::try_from(s).ok()),
             source_addr: letter.source_addr.unwrap_or_default(),
+            loaded_at_ms: 0,
         });
         bytes
     }
@@ -293,6 +347,7 @@ fn contact_row(o: &Origin, c: ContactRecord) -> ContactEventRow {
         tenant: o.tenant.clone(),
         event: o.event.clone(),
         contact_id: c.contact_id,
+        key_day: 0,
         received_at: o.received_at,
         received_at_ms: o.received_at_ms,
         first_name: c.first_name,
@@ -303,6 +358,7 @@ fn contact_row(o: &Origin, c: ContactRecord) -> ContactEventRow {
         utc_offset_s: c.utc_offset_s,
         additional_fields: c.additional_fields,
         integrations: c.integrations,
+        loaded_at_ms: 0,
     }
 }
 
@@ -312,6 +368,7 @@ fn list_row(o: &Origin, l: ContactListRecord) -> ContactListEventRow {
         tenant: o.tenant.clone(),
         event: o.event.clone(),
         list_id: l.list_id,
+        key_day: 0,
         received_at: o.received_at,
         received_at_ms: o.received_at_ms,
         name: l.name,
@@ -320,6 +377,7 @@ fn list_row(o: &Origin, l: ContactListRecord) -> ContactListEventRow {
         member_ids: l.member_ids,
         created_at: l.created_at.and_then(seconds),
         utc_offset_s: l.utc_offset_s,
+        loaded_at_ms: 0,
     }
 }
 
@@ -329,6 +387,7 @@ fn message_row(o: &Origin, m: MessageRecord) -> MessageEventRow {
         tenant: o.tenant.clone(),
         event: o.event.clone(),
         message_id: m.message_id,
+        key_day: 0,
         received_at: o.received_at,
         received_at_ms: o.received_at_ms,
         direction: m.direction,
@@ -342,6 +401,7 @@ fn message_row(o: &Origin, m: MessageRecord) -> MessageEventRow {
         contact_id: m.contact_id,
         agent_id: m.agent_id,
         agent_name: m.agent_name,
+        loaded_at_ms: 0,
     }
 }
 
@@ -351,6 +411,7 @@ fn call_row(o: &Origin, c: CallRecord) -> CallEventRow {
         tenant: o.tenant.clone(),
         event: o.event.clone(),
         call_id: c.call_id,
+        key_day: 0,
         received_at: o.received_at,
         received_at_ms: o.received_at_ms,
         direction: c.direction,
@@ -388,6 +449,7 @@ fn call_row(o: &Origin, c: CallRecord) -> CallEventRow {
         agent_names: c.agents.iter().map(|a| a.name.clone()).collect(),
         agent_actions: c.agents.iter().map(|a| a.action.clone()).collect(),
         agent_types: c.agents.into_iter().map(|a| a.agent_type).collect(),
+        loaded_at_ms: 0,
     }
 }
 
