@@ -1,9 +1,9 @@
 use anyhow::Context;
 use clap::Parser;
 
-// glibc's malloc keeps what the request threads free in per-thread arenas, so ingest's
-// resident memory stayed near its peak (and over its memory budget) after load; mimalloc
-// gives freed pages back.
+// mimalloc, as the loader: glibc's malloc keeps much of what the request threads free in
+// per-thread arenas, where mimalloc gives freed pages back, which keeps resident memory
+// close to what the memory budget counts.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
