@@ -7,6 +7,7 @@
 //! status says what could be made of it, and [`process`] decides what is dead-lettered.
 
 mod call;
+pub mod canonical;
 mod contact;
 pub mod entity;
 pub mod identity;
