@@ -152,8 +152,8 @@ pub struct SpoolArgs {
     pub spool_dir: Option<std::path::PathBuf>,
     /// Size of the spool file; when it has no room, deliveries Kafka cannot take are
     /// answered 503. redb doubles its file as it grows and rounds large entries up, so the
-    /// deliveries it holds take a third to a half of this; the file itself may pass it by
-    /// a few percent (6% measured at 1 GiB).
+    /// deliveries it holds take a third to a half of this; the file's length may pass it
+    /// by a few percent (6% measured at 1 GiB, with 62% of the limit in disk blocks).
     #[arg(long, env = "INGEST_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
     /// Where accepted deliveries go: `kafka` (with the spool as fallback). `spool` and
