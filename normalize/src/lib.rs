@@ -5,9 +5,11 @@
 //! simulator call into it, and the tests drive it with plain values. Normalization never
 //! fails and never panics: whatever the sender sent becomes a [`NormalizedEvent`] whose
 //! status says what could be made of it, and [`process`] decides what is dead-lettered.
+//! A normalized event also reports what of its body nothing read (`discovery`).
 
 mod call;
 mod contact;
+pub mod discovery;
 pub mod entity;
 pub mod identity;
 mod lenient;

@@ -27,6 +27,7 @@ pub const RAW_ENVELOPE_SCHEMAS: &[&str] = &[include_str!("../avro/raw_envelope.v
 pub const NORMALIZED_EVENT_SCHEMAS: &[&str] = &[
     include_str!("../avro/normalized_event.v1.avsc"),
     include_str!("../avro/normalized_event.v2.avsc"),
+    include_str!("../avro/normalized_event.v3.avsc"),
 ];
 
 /// Every released schema of the dead letter, oldest first.
@@ -285,6 +286,41 @@ mod tests {
             codec.decode(&codec.encode(&record).unwrap()).unwrap(),
             record
         );
+    }
+
+    #[test]
+    fn a_field_report_round_trips_and_a_v2_record_decodes_without_one() {
+        let mut record = normalized(None);
+        record.field_report = Some(crate::FieldReport {
+            unmapped: vec![crate::UnmappedField {
+                path: "agents[].skill".into(),
+                example: r#""billing""#.into(),
+            }],
+            mistyped: vec![crate::MistypedField {
+                path: "duration".into(),
+                expected: "integer".into(),
+                found: "string".into(),
+                example: r#""26""#.into(),
+            }],
+        });
+        let codec = normalized_event();
+        assert_eq!(
+            codec.decode(&codec.encode(&record).unwrap()).unwrap(),
+            record
+        );
+        // What a v2 transform wrote: v3 only appends a union to the record, so a v3
+        // datum without a report (its last byte, the union's null branch) minus that
+        // byte is the v2 datum; the header names the v2 schema.
+        let mut v2_record = normalized(None);
+        v2_record.payload = "{}".into();
+        let mut bytes = codec.encode(&v2_record).unwrap();
+        assert_eq!(bytes.pop(), Some(0), "the null branch of field_report");
+        let v2 =
+            Codec::<NormalizedEvent>::new("normalized event v2", &NORMALIZED_EVENT_SCHEMAS[..2]);
+        bytes[2..HEADER_LEN].copy_from_slice(&v2.current_fingerprint);
+        let decoded = codec.decode(&bytes).unwrap();
+        assert_eq!(decoded.field_report, None);
+        assert_eq!(decoded.payload, "{}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod records;
 
 pub use event::{Entity, EventKind};
 pub use records::{
-    CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord,
-    NormalizedEvent, Position, RawEnvelope, Stage, Status,
+    CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, FieldReport,
+    MessageRecord, MistypedField, NormalizedEvent, Position, RawEnvelope, Stage, Status,
+    UnmappedField,
 };
