@@ -119,7 +119,8 @@ def test_migrations_apply_and_apply_again(engine, db):
     apply_all(engine, db)
     tables = {r[0] for r in rows(engine, f"SELECT name FROM system.tables WHERE database = '{db}'")}
     assert {"raw_events", "raw_events_store_v2", "call_events", "call_events_store_v2", "calls", "calls_state",
-            "call_agents", "contacts", "contact_lists", "messages", "dead_letters", "entity_keys", "tenant_days"} <= tables
+            "call_agents", "contacts", "contact_lists", "messages", "dead_letters", "entity_keys", "tenant_days",
+            "unmapped_fields_store", "unmapped_fields_state", "unmapped_fields"} <= tables
 
 
 def insert(engine, db, table, new_rows):
@@ -469,6 +470,35 @@ def test_raw_payload_retention(engine, db):
         engine.query(f"OPTIMIZE TABLE {db}.raw_events_store_v2 FINAL")
     got = rows(engine, f"SELECT event_id, payload, status FROM {db}.raw_events ORDER BY event_id")
     assert got == [["new", '{"id": 1}', "normalized"], ["old", "", "normalized"]]
+
+
+def test_unmapped_fields_aggregate_per_path_idempotently(engine, db):
+    # One row per (delivery, path); the view counts distinct deliveries, keeps first and
+    # last receipt and the newest non-empty example, whatever is written twice.
+    apply_all(engine, db)
+
+    def field(event_id, at_s, path, example, kind="unmapped", expected="", found="", loaded_s=None):
+        return {"event_id": event_id, "tenant": "acme", "event": "call-ended", "received_at": at_s,
+                "received_at_ms": at_s * 1000, "kind": kind, "path": path, "expected": expected, "found": found,
+                "example": example, "loaded_at_ms": (loaded_s or at_s + 1) * 1000}
+
+    block = [
+        field("e1", T0, "queueName", '"Main"'),
+        field("e1", T0, "duration", '"26"', kind="mistyped", expected="integer", found="string"),
+        field("e2", T0 + 86400, "queueName", '"Overflow"'),
+    ]
+    insert(engine, db, "unmapped_fields_store", block)
+    insert(engine, db, "unmapped_fields_store", block)  # a redone block
+    insert(engine, db, "unmapped_fields_store", [field("e3", T0 + 60, "queueName", "")])  # an erased example
+    query = (f"SELECT path, kind, expected, found, deliveries, toUnixTimestamp(first_seen), toUnixTimestamp(last_seen), example "
+             f"FROM {db}.unmapped_fields WHERE tenant = 'acme' ORDER BY path")
+    want = [
+        ["duration", "mistyped", "integer", "string", "1", str(T0), str(T0), '"26"'],
+        ["queueName", "unmapped", "", "", "3", str(T0), str(T0 + 86400), '"Overflow"'],
+    ]
+    assert rows(engine, query) == want
+    engine.query(f"OPTIMIZE TABLE {db}.unmapped_fields_state FINAL")
+    assert rows(engine, query) == want
 
 
 def test_statement_splitting_matches_the_loader():

@@ -343,6 +343,8 @@ impl Writer {
             .await?;
         self.insert_isolating(&t.dead_letters, token, &mut rejected)
             .await?;
+        self.insert_isolating(&t.unmapped, token, &mut rejected)
+            .await?;
         self.insert_isolating(&t.raw, token, &mut rejected).await?;
         Ok(rejected)
     }

@@ -59,6 +59,7 @@ pub fn write_rows(
     write(dir, &tables.contact_lists, "received_at")?;
     write(dir, &tables.messages, "received_at")?;
     write(dir, &tables.dead_letters, "failed_at")?;
+    write(dir, &tables.unmapped, "received_at")?;
     Ok(deliveries.len())
 }
 

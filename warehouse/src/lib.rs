@@ -6,11 +6,13 @@
 //! and the benchmarks compute them without linking a Kafka or ClickHouse client. The
 //! `clickhouse` feature derives the `clickhouse` crate's `Row` for the loader.
 
+pub mod fields;
 pub mod migrations;
 pub mod resolve;
 pub mod rows;
 pub mod table;
 
+pub use fields::UnmappedFieldRow;
 pub use rows::{
     CallEventRow, ContactEventRow, ContactListEventRow, DeadLetterRow, MessageEventRow,
     RawEventRow, Tables,
