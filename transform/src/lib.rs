@@ -6,6 +6,7 @@
 //! At least once: a message's offset is stored only after everything it produced is
 //! acknowledged by Kafka. Duplicates this may cause are removed downstream by event id.
 
+mod discovery;
 pub mod metrics;
 mod replay;
 mod route;
@@ -22,7 +23,7 @@ use schemas::Position;
 use tokio_util::sync::CancellationToken;
 
 pub use replay::{replay, BadPoint, Point, ReplayArgs, Report};
-pub use route::{route, Output};
+pub use route::{Output, Router};
 
 /// Settings of the `transform` binary.
 #[derive(clap::Parser, Debug, Clone)]
@@ -95,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .await?;
     let metrics = metrics::Metrics::default();
     runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
+    let mut router = Router::new(config.topics.clone());
     let consumer = config
         .kafka
         .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;
@@ -104,7 +106,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     consumer.subscribe(&[&topics.raw_topic])?;
     tracing::info!(topic = %topics.raw_topic, group = %config.group_id, "Transform consuming");
 
-    let result = consume(&config, &consumer, &producer, &metrics, &shutdown).await;
+    let result = consume(
+        &config,
+        &consumer,
+        &producer,
+        &mut router,
+        &metrics,
+        &shutdown,
+    )
+    .await;
     runtime::kafka::commit_on_exit(&consumer);
     result
 }
@@ -113,6 +123,7 @@ async fn consume(
     config: &Config,
     consumer: &StreamConsumer<LagContext>,
     producer: &FutureProducer,
+    router: &mut Router,
     metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
@@ -153,8 +164,7 @@ async fn consume(
             runtime::trace::continue_trace(&span, runtime::trace::of_message(message).as_deref());
             let traceparent = runtime::trace::traceparent(&span);
             let outputs = span.in_scope(|| {
-                route(
-                    &config.topics,
+                router.route(
                     &position(message),
                     message.key(),
                     message.payload().unwrap_or_default(),
