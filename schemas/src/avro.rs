@@ -15,6 +15,7 @@ use apache_avro::rabin::Rabin;
 use apache_avro::{write_avro_datum_ref, Schema};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::erasure::Erasure;
 use crate::records::{DeadLetter, NormalizedEvent, RawEnvelope};
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
@@ -35,6 +36,9 @@ pub const DEAD_LETTER_SCHEMAS: &[&str] = &[
     include_str!("../avro/dead_letter.v1.avsc"),
     include_str!("../avro/dead_letter.v2.avsc"),
 ];
+
+/// Every released schema of the erasure record, oldest first.
+pub const ERASURE_SCHEMAS: &[&str] = &[include_str!("../avro/erasure.v1.avsc")];
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,13 @@ pub fn normalized_event() -> &'static Codec<NormalizedEvent> {
 pub fn dead_letter() -> &'static Codec<DeadLetter> {
     static CODEC: LazyLock<Codec<DeadLetter>> =
         LazyLock::new(|| Codec::new("dead letter", DEAD_LETTER_SCHEMAS));
+    &CODEC
+}
+
+/// The codec of [`Erasure`] (topic `webhooks.erasures`).
+pub fn erasure() -> &'static Codec<Erasure> {
+    static CODEC: LazyLock<Codec<Erasure>> =
+        LazyLock::new(|| Codec::new("erasure", ERASURE_SCHEMAS));
     &CODEC
 }
 
@@ -324,6 +335,22 @@ mod tests {
     }
 
     #[test]
+    fn an_erasure_round_trips() {
+        let record = crate::erasure::Erasure::of(
+            "acme",
+            &crate::erasure::Subject::Phone("15557654321".into()),
+            "r1",
+            "dpo@acme",
+            1_772_460_300_123,
+        );
+        let codec = erasure();
+        assert_eq!(
+            codec.decode(&codec.encode(&record).unwrap()).unwrap(),
+            record
+        );
+    }
+
+    #[test]
     fn a_record_written_with_schema_v1_still_decodes() {
         // What a v1 transform wrote: the v1 schema, no contact, list or message fields.
         let v1 =
@@ -361,6 +388,7 @@ mod tests {
             RAW_ENVELOPE_SCHEMAS,
             NORMALIZED_EVENT_SCHEMAS,
             DEAD_LETTER_SCHEMAS,
+            ERASURE_SCHEMAS,
         ] {
             for pair in versions.windows(2) {
                 let old: serde_json::Value = serde_json::from_str(pair[0]).unwrap();

@@ -7,9 +7,11 @@
 //! HTTP belongs elsewhere.
 
 pub mod avro;
+pub mod erasure;
 pub mod event;
 pub mod records;
 
+pub use erasure::{Erasure, Subject};
 pub use event::{Entity, EventKind};
 pub use records::{
     CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, FieldReport,

@@ -162,6 +162,7 @@ impl Pipeline {
             &common,
             &[
                 format!("--group-id={name}-transform"),
+                format!("--erasures-topic={name}.erasures"),
                 "--delivery-timeout-ms=30000".into(),
                 "--metrics-listen=".into(),
             ],

@@ -7,6 +7,7 @@
 //! acknowledged by Kafka. Duplicates this may cause are removed downstream by event id.
 
 mod discovery;
+pub mod erasures;
 pub mod metrics;
 mod replay;
 mod route;
@@ -22,6 +23,7 @@ use runtime::{KafkaArgs, LogArgs, TopicArgs};
 use schemas::Position;
 use tokio_util::sync::CancellationToken;
 
+pub use erasures::ErasureList;
 pub use replay::{replay, BadPoint, Point, ReplayArgs, Report};
 pub use route::{Output, Router};
 
@@ -53,6 +55,11 @@ pub struct Config {
     /// Address of the Prometheus `/metrics` endpoint, `host:port`; empty: none.
     #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9101")]
     pub metrics_listen: String,
+    /// The erasure list (compacted; written by `loader erase`): read whole before the
+    /// first record is normalized, then followed.
+    #[arg(long, env = "KAFKA_TOPIC_ERASURES", default_value = "webhooks.erasures",
+          value_parser = runtime::kafka::topic)]
+    pub erasures_topic: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -96,7 +103,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .await?;
     let metrics = metrics::Metrics::default();
     runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
-    let mut router = Router::new(config.topics.clone());
+    // Nothing is normalized before the whole erasure list is known.
+    let Some(erasures) =
+        ErasureList::follow(&config.kafka, &config.erasures_topic, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    let mut router = Router::new(config.topics.clone(), erasures);
     let consumer = config
         .kafka
         .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;

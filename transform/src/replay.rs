@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::{await_deliveries, enqueue, position, Config, Router, RunError};
+use crate::{await_deliveries, enqueue, position, Config, ErasureList, Router, RunError};
 
 /// Settings of `transform replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -104,7 +104,13 @@ pub async fn replay(
         .set("enable.auto.commit", "false")
         .create()?;
     let ranges = ranges(&consumer, topic, from, until)?;
-    let mut router = Router::new(config.topics.clone());
+    // Replayed history is redacted like live traffic: an erased person stays erased.
+    let Some(erasures) =
+        ErasureList::follow(&config.kafka, &config.erasures_topic, shutdown).await?
+    else {
+        return Ok(Report::default());
+    };
+    let mut router = Router::new(config.topics.clone(), erasures);
     let producer = config
         .kafka
         .reliable_producer(Duration::from_millis(config.delivery_timeout_ms))?;

@@ -1,12 +1,13 @@
 //! Where the outcome of one raw record goes (decided by the pure `normalize` crate): the
 //! normalized event to `webhooks.normalized`, a dead letter to `webhooks.dlq`, both under
-//! the raw record's key so one entity's records stay in one partition. New unmapped paths
-//! are announced.
+//! the raw record's key so one entity's records stay in one partition. Erased people are
+//! redacted first (the list the router holds), and new unmapped paths are announced.
 
 use runtime::TopicArgs;
 use schemas::Position;
 
 use crate::discovery::FirstSeen;
+use crate::erasures::ErasureList;
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,7 @@ pub struct Output {
 /// Routes raw records: what the live service and `transform replay` each hold.
 pub struct Router {
     topics: TopicArgs,
+    erasures: ErasureList,
     first_seen: FirstSeen,
 }
 
@@ -26,9 +28,10 @@ pub struct Router {
 const FIRST_SEEN_CAPACITY: usize = 10_000;
 
 impl Router {
-    pub fn new(topics: TopicArgs) -> Router {
+    pub fn new(topics: TopicArgs, erasures: ErasureList) -> Router {
         Router {
             topics,
+            erasures,
             first_seen: FirstSeen::new(FIRST_SEEN_CAPACITY),
         }
     }
@@ -42,7 +45,8 @@ impl Router {
         now_ms: i64,
     ) -> Vec<Output> {
         let key = key.unwrap_or_default();
-        let outcome = normalize::process_record(payload, position, key, now_ms);
+        let erasures = self.erasures.current();
+        let outcome = normalize::process_record(payload, position, key, now_ms, &erasures);
         if let Some(event) = &outcome.normalized {
             self.first_seen.observe(event);
         }
@@ -99,7 +103,7 @@ mod tests {
 
     #[test]
     fn outputs_go_to_their_topics_under_the_raw_key() {
-        let mut router = Router::new(topics());
+        let mut router = Router::new(topics(), ErasureList::default());
         let call = router.route(
             &position(),
             Some(b"acme:call:1"),
@@ -116,5 +120,36 @@ mod tests {
         assert!(invalid.iter().all(|o| o.key == b"k"));
         let undecodable = router.route(&position(), None, b"junk", 5);
         assert_eq!(topics_of(&undecodable), ["dlq"]);
+    }
+
+    #[test]
+    fn an_erased_persons_event_is_redacted_before_it_is_produced() {
+        let mut erasures = normalize::Erasures::default();
+        erasures.add(&schemas::Erasure::of(
+            "acme",
+            &schemas::Subject::Contact(31),
+            "r1",
+            "dpo",
+            1,
+        ));
+        let mut router = Router::new(topics(), ErasureList::fixed(erasures));
+        let body = r#"{"id": 31, "firstName": "Ann", "phone": "+15557654321"}"#;
+        let out = router.route(
+            &position(),
+            Some(b"acme:contact:31"),
+            &raw("contact-created", body),
+            5,
+        );
+        let event = avro::normalized_event().decode(&out[0].payload).unwrap();
+        let contact = event.contact.unwrap();
+        assert_eq!(
+            (
+                contact.contact_id,
+                contact.first_name.as_str(),
+                contact.phone.as_str()
+            ),
+            (31, "", "")
+        );
+        assert_eq!(event.payload, "");
     }
 }
