@@ -76,7 +76,13 @@ fn sites(
                     continue;
                 }
                 let escaped = key.replace('~', "~0").replace('/', "~1");
-                sites(child_value, &format!("{pointer}/{escaped}"), &child_path, reported, out);
+                sites(
+                    child_value,
+                    &format!("{pointer}/{escaped}"),
+                    &child_path,
+                    reported,
+                    out,
+                );
             }
         }
         Value::Array(items) => {
@@ -160,7 +166,14 @@ fn every_normalized_fixture_has_places_to_inject() {
         .iter()
         .flat_map(|f| f.sites.iter().map(|(_, path)| path.as_str()))
         .collect();
-    for nested in ["", "agents[]", "contact", "number", "disposition", "external_numbers[]"] {
+    for nested in [
+        "",
+        "agents[]",
+        "contact",
+        "number",
+        "disposition",
+        "external_numbers[]",
+    ] {
         assert!(paths.contains(nested), "no site at {nested:?}: {paths:?}");
     }
 }
