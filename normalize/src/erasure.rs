@@ -8,9 +8,10 @@
 //!
 //! - a **contact** whose id or phone is erased loses its names, email, phone, custom
 //!   fields and integrations (its id stays: it names no one outside NectarDesk);
-//! - a **call** whose contact id or contact phone is erased loses the contact phone, its
-//!   recording URLs and its disposition note; an erased number also leaves its
-//!   `external_numbers` and `transfer_number` in any call;
+//! - a **call** whose contact id or contact phone is erased, or which is one of the
+//!   person's calls by id (a later event may carry only the call id and a recording),
+//!   loses the contact phone, its recording URLs and its disposition note; an erased
+//!   number also leaves its `external_numbers` and `transfer_number` in any call;
 //! - a **message** whose contact id, sender or recipient is erased loses its text and the
 //!   person's number (the erased one, or by direction when only the contact id matched);
 //! - a **payload** (the raw body, a dead letter's) goes entirely when its event matched
@@ -28,11 +29,12 @@ pub struct Erasures {
     tenants: HashMap<String, Subjects>,
 }
 
-/// The contact ids and phone numbers (digits) erased for one tenant.
+/// The contact ids, phone numbers (digits) and calls erased for one tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subjects {
     pub contact_ids: BTreeSet<i64>,
     pub phones: BTreeSet<String>,
+    pub call_ids: BTreeSet<i64>,
 }
 
 impl Subjects {
@@ -51,7 +53,7 @@ impl Subjects {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.contact_ids.is_empty() && self.phones.is_empty()
+        self.contact_ids.is_empty() && self.phones.is_empty() && self.call_ids.is_empty()
     }
 }
 
@@ -63,6 +65,7 @@ impl Erasures {
         match erasure.subject() {
             Some(Subject::Contact(id)) => subjects.contact_ids.insert(id),
             Some(Subject::Phone(digits)) => subjects.phones.insert(digits),
+            Some(Subject::Call(id)) => subjects.call_ids.insert(id),
             None => false,
         }
     }
@@ -76,7 +79,7 @@ impl Erasures {
     pub fn len(&self) -> usize {
         self.tenants
             .values()
-            .map(|s| s.contact_ids.len() + s.phones.len())
+            .map(|s| s.contact_ids.len() + s.phones.len() + s.call_ids.len())
             .sum()
     }
 
@@ -136,7 +139,11 @@ pub fn redact_event(event: &mut NormalizedEvent, erasures: &Erasures) -> bool {
         }
     }
     if let Some(call) = event.call.as_mut() {
-        if person_contact || s.has_contact(call.contact_id) || s.has_phone(&call.contact_phone) {
+        if person_contact
+            || s.call_ids.contains(&call.call_id)
+            || s.has_contact(call.contact_id)
+            || s.has_phone(&call.contact_phone)
+        {
             call.contact_phone.clear();
             call.recording_urls.clear();
             call.disposition_note.clear();
@@ -297,6 +304,20 @@ mod tests {
             ),
             ("contact.ssn", "")
         );
+    }
+
+    #[test]
+    fn a_later_event_of_an_erased_call_loses_its_recording_without_naming_anyone() {
+        let e = erasures(&[Subject::Call(880142)]);
+        let mut ev = event("acme");
+        ev.call = Some(CallRecord {
+            call_id: 880142,
+            recording_urls: vec!["https://r/2".into()],
+            ..CallRecord::default()
+        });
+        assert!(redact_event(&mut ev, &e));
+        assert!(ev.call.unwrap().recording_urls.is_empty());
+        assert_eq!(ev.payload, "");
     }
 
     #[test]

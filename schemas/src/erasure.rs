@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Erasure {
     pub tenant: String,
-    /// `contact` or `phone`.
+    /// `contact`, `phone` or `call`.
     pub subject: String,
-    /// The contact id, or the phone number's digits.
+    /// The contact id, the phone number's digits, or the call id.
     pub value: String,
     /// The request this subject belongs to (one request may name several subjects: a
     /// contact and the phone numbers it had).
@@ -28,10 +28,14 @@ pub enum Subject {
     Contact(i64),
     /// Digits only.
     Phone(String),
+    /// A call of the person's: its later events may not name them (a recording sent
+    /// alone), yet they are theirs.
+    Call(i64),
 }
 
 impl Erasure {
-    /// The Kafka key: `{tenant}:contact:{id}` or `{tenant}:phone:{digits}`.
+    /// The Kafka key: `{tenant}:contact:{id}`, `{tenant}:phone:{digits}` or
+    /// `{tenant}:call:{id}`.
     pub fn key(&self) -> String {
         format!("{}:{}:{}", self.tenant, self.subject, self.value)
     }
@@ -40,6 +44,7 @@ impl Erasure {
     pub fn subject(&self) -> Option<Subject> {
         match self.subject.as_str() {
             "contact" => self.value.parse().ok().map(Subject::Contact),
+            "call" => self.value.parse().ok().map(Subject::Call),
             "phone" if !self.value.is_empty() && self.value.bytes().all(|b| b.is_ascii_digit()) => {
                 Some(Subject::Phone(self.value.clone()))
             }
@@ -58,6 +63,7 @@ impl Erasure {
         let (kind, value) = match subject {
             Subject::Contact(id) => ("contact", id.to_string()),
             Subject::Phone(digits) => ("phone", digits.clone()),
+            Subject::Call(id) => ("call", id.to_string()),
         };
         Erasure {
             tenant: tenant.to_owned(),
@@ -90,6 +96,8 @@ mod tests {
             (c.key().as_str(), c.subject()),
             ("acme:contact:30417", Some(Subject::Contact(30417)))
         );
+        let call = Erasure::of("acme", &Subject::Call(880142), "r1", "dpo", 5);
+        assert_eq!(call.subject(), Some(Subject::Call(880142)));
     }
 
     #[test]
