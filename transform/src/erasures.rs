@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use normalize::Erasures;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -41,64 +41,56 @@ impl ErasureList {
         shutdown: &CancellationToken,
     ) -> Result<Option<ErasureList>, KafkaError> {
         kafka.ensure_compacted_topic(topic).await?;
-        let consumer: StreamConsumer = kafka
+        let consumer: BaseConsumer = kafka
             .client_config()
             // Assigned, not subscribed: the group only names the client; nothing is
             // committed, and every instance reads every record.
             .set(
                 "group.id",
-                format!("switchboard-erasures-{}", std::process::id()),
+                format!(
+                    "switchboard-erasures-{}-{}",
+                    std::process::id(),
+                    runtime::now_ms()
+                ),
             )
             .set("enable.auto.commit", "false")
+            // The list is read whole: should the start offset be lost (a topic created a
+            // moment before, its leader not known yet), start again from the beginning,
+            // never from the end.
+            .set("auto.offset.reset", "earliest")
             .create()?;
         let timeout = Duration::from_secs(30);
-        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
         let mut assignment = TopicPartitionList::new();
         let mut ends = Vec::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+        for partition in partitions(&consumer, topic, shutdown).await? {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
             if high > low {
-                ends.push((partition.id(), high));
+                ends.push((partition, high));
             }
         }
         consumer.assign(&assignment)?;
         let list = ErasureList::default();
-        while !ends.is_empty() {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
-                message = consumer.recv() => message?,
-            };
-            list.apply(message.payload());
-            let (partition, offset) = (message.partition(), message.offset());
-            ends.retain(|&(p, end)| p != partition || offset + 1 < end);
+        let (ready, read) = tokio::sync::oneshot::channel();
+        let follower = Follower {
+            consumer,
+            list: list.clone(),
+            topic: topic.to_owned(),
+            stop: shutdown.clone(),
+        };
+        // A thread of its own polls the consumer: the list is small and mostly idle,
+        // and its reads stay off the service's runtime.
+        std::thread::Builder::new()
+            .name("erasure-list".into())
+            .spawn(move || follower.run(ends, ready))
+            .map_err(|_| KafkaError::Canceled)?;
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(None),
+            read = read => match read {
+                Ok(()) => Ok(Some(list)),
+                Err(_) => Ok(None),
+            },
         }
-        tracing::info!(topic, subjects = list.current().len(), "Erasure list read");
-        let follower = list.clone();
-        let shutdown = shutdown.clone();
-        let topic = topic.to_owned();
-        tokio::spawn(async move {
-            let mut errors = runtime::throttle::Throttle::new(Duration::from_secs(10));
-            loop {
-                let message = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    message = consumer.recv() => message,
-                };
-                match message {
-                    Ok(message) => {
-                        if follower.apply(message.payload()) {
-                            tracing::info!(topic = %topic, subjects = follower.current().len(), "Erasure list grew");
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(held_back) = errors.admit(std::time::Instant::now()) {
-                            tracing::warn!(error = %e, held_back, "Erasure list consumer error");
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Some(list))
     }
 
     /// The list as it is now.
@@ -126,5 +118,82 @@ impl ErasureList {
         }
         *current = Arc::new(next);
         true
+    }
+}
+
+/// The partitions of `topic`, once each has a leader. Right after a topic is created the
+/// broker may list it without partitions for a moment: assigning nothing then would
+/// leave the list empty for good.
+async fn partitions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    shutdown: &CancellationToken,
+) -> Result<Vec<i32>, KafkaError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Metadata borrows the client: read what is needed before awaiting.
+        let ready = {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let partitions: Vec<_> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions())
+                .collect();
+            (!partitions.is_empty() && partitions.iter().all(|p| p.leader() >= 0))
+                .then(|| partitions.iter().map(|p| p.id()).collect::<Vec<i32>>())
+        };
+        if let Some(partitions) = ready {
+            return Ok(partitions);
+        }
+        if std::time::Instant::now() >= deadline || shutdown.is_cancelled() {
+            return Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The thread that reads the topic into a list.
+struct Follower {
+    consumer: BaseConsumer,
+    list: ErasureList,
+    topic: String,
+    stop: CancellationToken,
+}
+
+impl Follower {
+    /// Reads up to `ends` (per partition, the end when the list was asked for), says so
+    /// on `ready`, then follows until stopped.
+    fn run(self, mut ends: Vec<(i32, i64)>, ready: tokio::sync::oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut errors = runtime::throttle::Throttle::new(Duration::from_secs(10));
+        while !self.stop.is_cancelled() {
+            if ends.is_empty() {
+                if let Some(ready) = ready.take() {
+                    let subjects = self.list.current().len();
+                    tracing::info!(topic = %self.topic, subjects, "Erasure list read");
+                    let _ = ready.send(());
+                }
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let grew = self.list.apply(message.payload());
+                    if grew && ready.is_none() {
+                        let subjects = self.list.current().len();
+                        tracing::info!(topic = %self.topic, subjects, "Erasure list grew");
+                    }
+                    let (partition, offset) = (message.partition(), message.offset());
+                    ends.retain(|&(p, end)| p != partition || offset + 1 < end);
+                }
+                // Usually the broker is unreachable; librdkafka reconnects by itself.
+                Some(Err(e)) => {
+                    if let Some(held_back) = errors.admit(std::time::Instant::now()) {
+                        tracing::warn!(error = %e, held_back, "Erasure list consumer error");
+                    }
+                }
+            }
+        }
     }
 }

@@ -105,8 +105,10 @@ pub async fn replay(
         .create()?;
     let ranges = ranges(&consumer, topic, from, until)?;
     // Replayed history is redacted like live traffic: an erased person stays erased.
+    let follow = shutdown.child_token();
+    let _stop_following = follow.clone().drop_guard();
     let Some(erasures) =
-        ErasureList::follow(&config.kafka, &config.erasures_topic, shutdown).await?
+        ErasureList::follow(&config.kafka, &config.erasures_topic, &follow).await?
     else {
         return Ok(Report::default());
     };
