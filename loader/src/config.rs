@@ -37,6 +37,10 @@ pub struct Config {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
+    /// The erasure list (compacted), which `loader erase` adds to and `transform` reads.
+    #[arg(long, env = "KAFKA_TOPIC_ERASURES", default_value = "webhooks.erasures",
+          value_parser = runtime::kafka::topic)]
+    pub erasures_topic: String,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(subcommand)]
@@ -49,6 +53,9 @@ pub enum Command {
     /// Create the database and apply the migrations it has not seen, then exit (the
     /// service also does this at start on a single server).
     Migrate,
+    /// Erase one person of one tenant everywhere analysts can read it, add them to the
+    /// erasure list so no replay or late delivery brings them back, and record it.
+    Erase(crate::erase::EraseArgs),
 }
 
 /// How to reach ClickHouse.

@@ -14,10 +14,12 @@
 //! [`write`] writes one batch (retries, refused rows, the DLQ), [`sink`] is ClickHouse
 //! (connection, migrations, what the server supports, inserts).
 
+mod admin;
 pub mod batch;
 pub mod block;
 pub mod config;
 pub mod consume;
+pub mod erase;
 pub mod known;
 pub mod metrics;
 pub mod sink;
@@ -43,6 +45,8 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Metrics(#[from] runtime::metrics::ServeError),
+    #[error(transparent)]
+    Erase(#[from] erase::EraseError),
 }
 
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
@@ -98,7 +102,10 @@ pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u3
 }
 
 /// Connects to ClickHouse, retrying while it is starting up; `None` on shutdown.
-async fn connect(config: &Config, shutdown: &CancellationToken) -> Result<Option<Sink>, RunError> {
+pub(crate) async fn connect(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Sink>, RunError> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let mut attempt = 0;
     loop {

@@ -32,6 +32,8 @@ pub enum SinkError {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error("mutation of {table} not done after {waited_s} s: see system.mutations")]
+    MutationPending { table: String, waited_s: u64 },
     #[error(
         "database {database} has schema version {found}, newer than this loader knows ({known}): \
          run the loader version that wrote it (or a newer one), or point CLICKHOUSE_DATABASE \
@@ -179,6 +181,8 @@ pub struct Sink {
     /// Inserts ask for `async_insert=0`: a block must be its own insert, acknowledged
     /// once written (servers that know the setting; current ones may default it to 1).
     sync_inserts: bool,
+    /// The server has column TTL and `mutations_sync` (see [`supports_ttl`]).
+    pub ttl: bool,
 }
 
 impl Sink {
@@ -210,6 +214,7 @@ impl Sink {
             dedup_tokens: has_tokens && block_log,
             block_log,
             sync_inserts: has_tokens,
+            ttl: supports_ttl(&version),
             version: 0,
         };
         let schema_version = sink.migrate().await?;
@@ -309,7 +314,16 @@ impl Sink {
         Ok(())
     }
 
-    async fn execute(&self, sql: &str) -> Result<(), SinkError> {
+    /// The database the tables live in.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) async fn execute(&self, sql: &str) -> Result<(), SinkError> {
         let head: String = sql.chars().take(80).collect();
         self.client
             .query(sql)
@@ -469,7 +483,7 @@ impl Sink {
             return Ok(Vec::new());
         }
         // A literal list: 18.16 uses the primary key for `IN (…)`, not for has(?, …).
-        let list: Vec<String> = ids.iter().map(|id| string_literal(id)).collect();
+        let list: Vec<String> = ids.iter().map(|id| warehouse::states::quote(id)).collect();
         self.client
             .query(&format!(
                 "SELECT entity_id, argMin(key_day, (first_received_at_ms, key_day)) AS day \
@@ -491,6 +505,12 @@ impl Sink {
         token: Option<&str>,
     ) -> Result<(), SinkError> {
         self.insert_into("entity_keys", keys, token).await
+    }
+
+    /// Records an erasure in its audit table.
+    pub async fn insert_audit(&self, row: &warehouse::erasure::AuditRow) -> Result<(), SinkError> {
+        self.insert_into("erasures", std::slice::from_ref(row), None)
+            .await
     }
 
     /// Inserts `rows` into their table, with `token` as the insert's deduplication token.
@@ -538,11 +558,6 @@ impl Sink {
     }
 }
 
-/// A ClickHouse string literal.
-fn string_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// The `(major, minor)` of a ClickHouse version string such as `18.16.1` or `24.8.4.13`.
 pub fn server_version(version: &str) -> Option<(u32, u32)> {
     let mut parts = version.trim().split('.').map(|p| p.parse::<u32>().ok());
@@ -553,6 +568,12 @@ pub fn server_version(version: &str) -> Option<(u32, u32)> {
 /// ClickHouse 24 and later).
 pub fn supports_validation(version: &str) -> bool {
     server_version(version).is_some_and(|v| v >= (24, 1))
+}
+
+/// Whether the server has column TTL (with `MODIFY COLUMN … REMOVE TTL`) and waits for
+/// mutations with `mutations_sync`: 21.8 and later (not ClickHouse 18.16).
+pub fn supports_ttl(version: &str) -> bool {
+    server_version(version).is_some_and(|v| v >= (21, 8))
 }
 
 /// Whether inserts into a plain MergeTree can be deduplicated by
@@ -604,6 +625,8 @@ mod tests {
         assert!(supports_validation("24.8.4.13"));
         assert!(supports_validation("25.3.1"));
         assert!(!supports_validation("garbage"));
+        assert!(!supports_ttl("18.16.1"));
+        assert!(supports_ttl("24.8.14.39"));
         assert!(!supports_dedup_token("18.16.1"));
         assert!(!supports_dedup_token("22.1.3"));
         assert!(supports_dedup_token("22.2.1"));

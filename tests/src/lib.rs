@@ -172,6 +172,7 @@ impl Pipeline {
             &common,
             &[
                 format!("--group-id={name}-loader"),
+                format!("--erasures-topic={name}.erasures"),
                 format!("--clickhouse-url={}", services.clickhouse_url),
                 format!("--clickhouse-database={database}"),
                 "--clickhouse-compression=lz4".into(),
