@@ -22,6 +22,7 @@ pub mod consume;
 pub mod erase;
 pub mod known;
 pub mod metrics;
+pub mod retention;
 pub mod sink;
 pub mod write;
 
@@ -60,6 +61,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let Some(sink) = connect(&config, &shutdown).await? else {
         return Ok(());
     };
+    let retention = config.retention.settings();
+    if sink.ttl {
+        retention::apply_ttls(&sink, retention).await?;
+    } else if retention != Default::default() {
+        tracing::warn!(
+            "This ClickHouse has no TTL: RETENTION_* settings are applied only by `loader retention --apply`; run it daily"
+        );
+    }
     let topics = &config.topics;
     config
         .kafka

@@ -19,6 +19,22 @@ async fn main() -> anyhow::Result<()> {
                 config.clickhouse.database
             );
         }
+        Some(loader::config::Command::Retention(ref command)) => {
+            for line in loader::retention::run(&config, command, &shutdown).await? {
+                println!(
+                    "{}.{} ({} days): {}{}",
+                    line.table,
+                    line.column,
+                    line.days,
+                    line.found,
+                    if line.done.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", line.done)
+                    }
+                );
+            }
+        }
         Some(loader::config::Command::Erase(ref args)) => {
             let Some(report) = loader::erase::erase(&config, args, &shutdown).await? else {
                 return Ok(());

@@ -10,6 +10,7 @@ pub mod erasure;
 pub mod fields;
 pub mod migrations;
 pub mod resolve;
+pub mod retention;
 pub mod rows;
 pub mod states;
 pub mod table;
