@@ -50,9 +50,12 @@ set -a
 set +a
 
 log "shell scripts parse"
-for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/chaos .ci/run; do
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/chaos .ci/run \
+    scripts/cluster-services scripts/cluster-test scripts/cluster/check-sql scripts/cluster/lib.sh \
+    scripts/cluster/facts-*.sh scripts/cluster/kafka-cli scripts/cluster/zk; do
     bash -n "$script"
 done
+python3 -m py_compile scripts/cluster/cluster_ddl.py scripts/cluster/same_answers.py scripts/cluster/kafka_durability.py
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -86,4 +89,5 @@ fi
 
 log "docker-compose config"
 docker-compose -f docker-compose.yml config -q
-echo "docker-compose.yml is valid"
+docker-compose -f docker-compose.yml -f docker-compose.cluster.yml config -q
+echo "docker-compose.yml (alone and with docker-compose.cluster.yml) is valid"

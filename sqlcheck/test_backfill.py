@@ -9,7 +9,6 @@ did, and entity_keys must hold one key per entity.
 import importlib.machinery
 import importlib.util
 import json
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def backfill_module():
 
 @pytest.fixture(scope="module")
 def blocks():
-    return derive(simulate(Path(tempfile.mkdtemp(prefix="sb-sim-")), "demo", 30, 3), seed=3)
+    return derive(simulate("demo", 30, 3), seed=3)
 
 
 class Interrupted(Exception):

@@ -8,7 +8,6 @@ those of the views before 0007, on both engines.
 """
 
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +26,7 @@ FROM, TO = NOW - 86_400, NOW
 @pytest.fixture(scope="module")
 def chdb():
     """A chdb session whose `switchboard` database holds two days of simulated traffic."""
-    tables = simulate(Path(tempfile.mkdtemp(prefix="sb-sim-")), "demo", 48)
+    tables = simulate("demo", 48)
     engine = Chdb()
     engine.query("DROP DATABASE IF EXISTS switchboard")
     engine.query("CREATE DATABASE switchboard")

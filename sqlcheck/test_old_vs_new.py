@@ -9,7 +9,6 @@ baseline_queries.json, the new ones are the files of the repository.
 """
 
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +30,7 @@ VIEWS = ["raw_events", "call_events", "calls", "call_agents", "contacts", "conta
 def blocks():
     out = []
     for tenant, seed in TENANTS:
-        tables = simulate(Path(tempfile.mkdtemp(prefix="sb-sim-")), tenant, 48, seed)
+        tables = simulate(tenant, 48, seed)
         out.extend(derive(tables, seed=seed))
     return out
 

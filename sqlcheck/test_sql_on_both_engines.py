@@ -3,9 +3,11 @@ project supports: the development server (ClickHouse 18.16, over HTTP at CLICKHO
 and a current engine (chdb, in process). SQL that only one of them accepts fails here.
 """
 
+import atexit
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -38,7 +40,9 @@ class Chdb:
         from chdb import session
 
         if Chdb._session is None:
-            Chdb._session = session.Session(tempfile.mkdtemp(prefix="sb-chdb-"))
+            path = tempfile.mkdtemp(prefix="sb-chdb-")
+            Chdb._session = session.Session(path)
+            atexit.register(shutil.rmtree, path, True)
         self.session = Chdb._session
 
     def query(self, sql: str, **settings) -> str:
@@ -237,6 +241,15 @@ def test_a_redone_block_changes_nothing(engine, db):
     for table in ("calls_state", "call_events_store_v2", "contacts_state", "raw_events_store_v2"):
         engine.query(f"OPTIMIZE TABLE {db}.{table} FINAL")
     assert [rows(engine, q) for q in queries] == once
+    # Redone with a fresh loaded_at_ms (a loader without a block log): the same values,
+    # so only raw_events' loaded_at moves.
+    later = lambda rs: [{**r, "loaded_at_ms": r["loaded_at_ms"] + 5000} for r in rs]  # noqa: E731
+    insert(engine, db, "call_events_store_v2", later(block))
+    insert(engine, db, "contact_events_store_v2", later(contact))
+    insert(engine, db, "raw_events_store_v2", later(raw))
+    again = [rows(engine, q) for q in queries]
+    assert again[:4] + again[5:] == once[:4] + once[5:]
+    assert again[4] == [["e1", "2026-03-02 14:00:06"]]
 
 
 def test_a_replayed_event_replaces_its_older_normalization(engine, db):

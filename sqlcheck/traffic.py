@@ -12,6 +12,7 @@ import json
 import os
 import random
 import subprocess
+import tempfile
 from pathlib import Path
 
 from loader_model import Loader, day
@@ -31,23 +32,24 @@ def simulate_bin() -> str:
     return path
 
 
-def simulate(out: Path, tenant: str, hours: int, seed: int = 42) -> dict[str, list[dict]]:
+def simulate(tenant: str, hours: int, seed: int = 42) -> dict[str, list[dict]]:
     """Runs `simulate rows` and reads its JSON lines, one list of rows per storage table,
     as the 0001-0003 tables take them: the loader's own columns (`key_day`,
     `loaded_at_ms`, which it fills when it writes) are left to the models here."""
-    subprocess.run([simulate_bin(), "--seed", str(seed), "rows", "--out", str(out), "--hours", str(hours),
-                    "--tenant", tenant], check=True, capture_output=True)
-    tables = {}
-    for name in OLD_TABLES + NEW_TABLES:
-        path = out / (f"{name}.jsonl" if name in NEW_TABLES else f"{name}_v2.jsonl")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-        for row in rows:
-            row.pop("key_day", None)
-            row.pop("loaded_at_ms", None)
-            if name == "dead_letters_store":
-                row.pop("http_status", None)
-                row.pop("source_addr", None)
-        tables[name] = rows
+    with tempfile.TemporaryDirectory(prefix="sb-sim-") as out:
+        subprocess.run([simulate_bin(), "--seed", str(seed), "rows", "--out", out, "--hours", str(hours),
+                        "--tenant", tenant], check=True, capture_output=True)
+        tables = {}
+        for name in OLD_TABLES + NEW_TABLES:
+            path = Path(out) / (f"{name}.jsonl" if name in NEW_TABLES else f"{name}_v2.jsonl")
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+            for row in rows:
+                row.pop("key_day", None)
+                row.pop("loaded_at_ms", None)
+                if name == "dead_letters_store":
+                    row.pop("http_status", None)
+                    row.pop("source_addr", None)
+            tables[name] = rows
     return tables
 
 

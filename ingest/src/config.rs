@@ -135,6 +135,8 @@ pub enum ConfigError {
     DuplicateToken(usize),
     #[error("INGEST_SINK=spool needs INGEST_SPOOL_DIR")]
     SpoolSinkWithoutDir,
+    #[error(transparent)]
+    Kafka(#[from] runtime::kafka::KafkaConfigError),
 }
 
 impl Config {
@@ -144,6 +146,7 @@ impl Config {
         if self.spool.sink == Sink::Spool && self.spool.spool_dir.is_none() {
             return Err(ConfigError::SpoolSinkWithoutDir);
         }
+        self.kafka.validate()?;
         Ok(())
     }
 }
@@ -327,5 +330,16 @@ mod tests {
             .contains("--sink"));
         let config = parse(&["--sink", "spool", "--spool-dir", "/tmp/s"]).unwrap();
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn min_insync_replicas_above_the_replication_factor_stops_ingest_at_start() {
+        let config = parse(&["--topic-replication", "1"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Kafka(
+                runtime::kafka::KafkaConfigError::MinInsyncAboveReplication { .. }
+            ))
+        ));
     }
 }

@@ -40,6 +40,8 @@ pub enum RunError {
     #[error("kafka client could not be created: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
+    Topics(#[from] runtime::TopicError),
+    #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("http server failed: {0}")]
     Http(#[from] std::io::Error),
@@ -66,10 +68,13 @@ pub async fn run(
         (Sink::Spool, Some(spool)) => Arc::new(SpoolOnlyPublisher(spool.clone())),
         (_, spool) => {
             // Never wait for Kafka to start: the spool (or a 503) covers its absence.
-            let raw_topic = [config.topics.raw_topic.as_str()];
-            let ensure = config.kafka.ensure_topics(&raw_topic);
+            let raw_topic = [config.topics.raw()];
+            let ensure = config.kafka.create_missing_topics(&raw_topic);
             match tokio::time::timeout(Duration::from_secs(5), ensure).await {
                 Ok(Ok(())) => {}
+                // A setting that cannot work (too few brokers for the replication
+                // factor): waiting cannot fix it, so stop with its message.
+                Ok(Err(e)) if e.is_setting() => return Err(e.into()),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "Could not check the raw topic; continuing")
                 }

@@ -102,6 +102,25 @@ pub struct ClickHouseArgs {
         value_parser = http_url
     )]
     pub url: String,
+    /// Every server the loader may use, comma-separated http(s) URLs, tried in order
+    /// when one cannot be reached (a cluster's replicas); empty: `CLICKHOUSE_URL` only.
+    #[arg(
+        long = "clickhouse-urls",
+        env = "CLICKHOUSE_URLS",
+        default_value = "",
+        value_parser = http_urls
+    )]
+    pub urls: HttpUrls,
+    /// The ClickHouse cluster (`remote_servers`) the tables live on; empty: one server.
+    /// In a cluster the tables are Replicated and Distributed, `loader migrate` applies
+    /// the migrations once, and loaders only check the schema version at start.
+    #[arg(
+        long = "clickhouse-cluster",
+        env = "CLICKHOUSE_CLUSTER",
+        default_value = "",
+        value_parser = cluster_name
+    )]
+    pub cluster: String,
     /// Database the tables live in; created at start if missing.
     #[arg(
         long = "clickhouse-database",
@@ -215,6 +234,8 @@ pub enum ConfigError {
     BadUrl(String),
     #[error("{0:?} is invalid: use [A-Za-z_][A-Za-z0-9_]*, at most 64 characters")]
     BadDatabase(String),
+    #[error("{0}")]
+    BadCluster(String),
 }
 
 /// Reads `CLICKHOUSE_URL`.
@@ -223,6 +244,38 @@ pub fn http_url(text: &str) -> Result<String, ConfigError> {
         Ok(text.to_owned())
     } else {
         Err(ConfigError::BadUrl(text.to_owned()))
+    }
+}
+
+/// A list of http(s) URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpUrls(pub Vec<String>);
+
+/// Reads `CLICKHOUSE_URLS`.
+pub fn http_urls(text: &str) -> Result<HttpUrls, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(http_url)
+        .collect::<Result<Vec<_>, _>>()
+        .map(HttpUrls)
+}
+
+/// Reads `CLICKHOUSE_CLUSTER`: empty, or a cluster name statements can use unquoted.
+pub fn cluster_name(text: &str) -> Result<String, ConfigError> {
+    warehouse::layout::Layout::from_cluster_setting(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| ConfigError::BadCluster(e.to_string()))
+}
+
+impl ClickHouseArgs {
+    /// The servers to use, in order.
+    pub fn urls(&self) -> Vec<String> {
+        if self.urls.0.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.0.clone()
+        }
     }
 }
 

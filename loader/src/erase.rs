@@ -158,7 +158,13 @@ pub async fn erase(
     args: &EraseArgs,
     shutdown: &CancellationToken,
 ) -> Result<Option<Report>, RunError> {
-    let Some(sink) = crate::connect(config, shutdown).await? else {
+    if !config.clickhouse.cluster.is_empty() {
+        return Err(RunError::NotInCluster(
+            "erase",
+            "Erasure: forgetting one person",
+        ));
+    }
+    let Some(sink) = crate::connect(config, crate::sink::Schema::Migrate, shutdown).await? else {
         return Ok(None);
     };
     let mut person = widen(&sink, args).await?;

@@ -35,7 +35,7 @@ use runtime::retry::Backoff;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use sink::{Sink, SinkError};
+use sink::{Schema, Sink, SinkError};
 
 /// Why the loader stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +45,14 @@ pub enum RunError {
     #[error("kafka client failed: {0}")]
     Kafka(#[from] KafkaError),
     #[error(transparent)]
+    Topics(#[from] runtime::TopicError),
+    #[error(transparent)]
     Metrics(#[from] runtime::metrics::ServeError),
     #[error(transparent)]
     Erase(#[from] erase::EraseError),
+    /// Mutations and state rebuilds would have to run ON CLUSTER on the local tables.
+    #[error("loader {0} does not run in a cluster (CLICKHOUSE_CLUSTER) yet: see README, \"{1}\"")]
+    NotInCluster(&'static str, &'static str),
 }
 
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
@@ -58,11 +63,23 @@ pub(crate) const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Durat
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let Some(sink) = connect(&config, &shutdown).await? else {
+    // On one server the loader migrates at start; in a cluster only `loader migrate` does.
+    let schema = if config.clickhouse.cluster.is_empty() {
+        Schema::Migrate
+    } else {
+        Schema::Check
+    };
+    let Some(sink) = connect(&config, schema, &shutdown).await? else {
         return Ok(());
     };
     let retention = config.retention.settings();
-    if sink.ttl {
+    if sink.cluster().is_some() {
+        if retention != Default::default() {
+            tracing::warn!(
+                "RETENTION_* settings are not applied in a cluster yet (README, Retention)"
+            );
+        }
+    } else if sink.ttl {
         retention::apply_ttls(&sink, retention).await?;
     } else if retention != Default::default() {
         tracing::warn!(
@@ -72,7 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let topics = &config.topics;
     config
         .kafka
-        .ensure_topics(&[&topics.normalized_topic, &topics.dlq_topic])
+        .create_missing_topics(&[topics.normalized(), topics.dlq()])
         .await?;
     let metrics = metrics::Metrics::default();
     runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
@@ -104,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 /// `loader migrate`: creates the database and applies pending migrations, then returns
 /// the schema version.
 pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u32, RunError> {
-    match connect(config, shutdown).await? {
+    match connect(config, Schema::Migrate, shutdown).await? {
         Some(sink) => Ok(sink.schema_version()),
         None => Ok(0),
     }
@@ -113,12 +130,13 @@ pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u3
 /// Connects to ClickHouse, retrying while it is starting up; `None` on shutdown.
 pub(crate) async fn connect(
     config: &Config,
+    schema: Schema,
     shutdown: &CancellationToken,
 ) -> Result<Option<Sink>, RunError> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let mut attempt = 0;
     loop {
-        match Sink::connect(&config.clickhouse, config.block_log).await {
+        match Sink::connect(&config.clickhouse, config.block_log, schema).await {
             Ok(sink) => return Ok(Some(sink)),
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 attempt += 1;

@@ -155,7 +155,13 @@ pub async fn run(
     command: &RetentionCommand,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Line>, RunError> {
-    let Some(sink) = crate::connect(config, shutdown).await? else {
+    if !config.clickhouse.cluster.is_empty() {
+        return Err(RunError::NotInCluster(
+            "retention",
+            "Retention of personal data",
+        ));
+    }
+    let Some(sink) = crate::connect(config, crate::sink::Schema::Migrate, shutdown).await? else {
         return Ok(Vec::new());
     };
     let settings = config.retention.settings();

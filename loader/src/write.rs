@@ -197,6 +197,7 @@ impl Writer {
             };
             attempt += 1;
             self.metrics.insert_retries.inc();
+            self.sink.failed(&e);
             if e.is_retryable() {
                 tracing::warn!(error = %e, attempt, "ClickHouse insert failed; retrying");
             } else {

@@ -1,9 +1,8 @@
-//! Kafka client settings shared by every service, and creation of missing topics.
+//! Kafka client settings shared by every service, and the durability settings of the
+//! topics they create (applied in [`crate::topics`]).
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 
@@ -13,6 +12,9 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 
 /// How to reach Kafka, and how to create the topics a service needs when they are missing.
+/// The defaults are those of a three-broker production cluster; a single broker (local
+/// development, the single-node compose file) needs replication and min.insync.replicas
+/// of 1.
 #[derive(clap::Args, Debug, Clone)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated `host:port`.
@@ -23,15 +25,34 @@ pub struct KafkaArgs {
         value_parser = brokers
     )]
     pub brokers: String,
-    /// Partitions of a topic this service creates because it is missing. Per-key order
-    /// holds for any count; more partitions allow more parallel consumers.
-    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3,
+    /// Partitions of a topic this service creates because it is missing. Fixed up
+    /// front: a record goes to partition hash(key) mod count, so adding partitions later
+    /// moves keys, and a call's events written before and after the change could be read
+    /// out of order; Kafka never removes partitions. Choose it for the most consumers a
+    /// group will ever run (one partition is read by one consumer of a group).
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 12,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub topic_partitions: i32,
-    /// Replication factor of a topic this service creates (1 for a single broker).
-    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 1,
+    /// Copies of each partition of a topic this service creates: 3 keeps two copies while
+    /// a broker is down. 1 for a single broker. The cluster must have at least this many
+    /// brokers when the topic is created.
+    #[arg(long, env = "KAFKA_TOPIC_REPLICATION", default_value_t = 3,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub topic_replication: i32,
+    /// `min.insync.replicas` of a topic this service creates: how many copies hold a
+    /// record before Kafka acknowledges it to an `acks=all` producer (every service's).
+    /// 2 of 3 copies: writes go on with one broker down, and an acknowledged record
+    /// survives the loss of any one broker. At most `KAFKA_TOPIC_REPLICATION`; 1 for a
+    /// single broker.
+    #[arg(long, env = "KAFKA_TOPIC_MIN_INSYNC_REPLICAS", default_value_t = 2,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub topic_min_insync_replicas: i32,
+    /// `retention.ms` of the raw topic when a service creates it: how far back
+    /// `transform replay` can rebuild the tables after a normalization fix (30 days);
+    /// -1 keeps raw records forever. Other topics get the broker's retention.
+    #[arg(long, env = "KAFKA_RAW_RETENTION_MS", default_value_t = 2_592_000_000,
+          value_parser = retention_ms)]
+    pub raw_retention_ms: i64,
 }
 
 /// The pipeline's topic names (the defaults are the names the README documents).
@@ -64,6 +85,10 @@ pub enum KafkaConfigError {
     BadTopic(String),
     #[error("the consumer group id must not be empty")]
     EmptyGroup,
+    #[error("retention {0:?} is not a number of milliseconds above 0, or -1 (forever)")]
+    BadRetention(String),
+    #[error("KAFKA_TOPIC_MIN_INSYNC_REPLICAS is {min_insync} but KAFKA_TOPIC_REPLICATION is {replication}: no write could ever be acknowledged; set it to at most the replication factor")]
+    MinInsyncAboveReplication { min_insync: i32, replication: i32 },
 }
 
 /// Reads `KAFKA_BROKERS`: comma-separated `host:port` entries.
@@ -81,6 +106,14 @@ pub fn brokers(text: &str) -> Result<String, KafkaConfigError> {
         }
     }
     Ok(text.to_owned())
+}
+
+/// Reads a retention in milliseconds: above 0, or -1 for unlimited (Kafka's spelling).
+pub fn retention_ms(text: &str) -> Result<i64, KafkaConfigError> {
+    match text.trim().parse::<i64>() {
+        Ok(ms) if ms > 0 || ms == -1 => Ok(ms),
+        _ => Err(KafkaConfigError::BadRetention(text.to_owned())),
+    }
 }
 
 /// Reads a consumer group id: any non-blank text.
@@ -109,6 +142,18 @@ pub fn topic(name: &str) -> Result<String, KafkaConfigError> {
 }
 
 impl KafkaArgs {
+    /// Checks the rules that span several settings (each setting alone is checked as it
+    /// is parsed).
+    pub fn validate(&self) -> Result<(), KafkaConfigError> {
+        if self.topic_min_insync_replicas > self.topic_replication {
+            return Err(KafkaConfigError::MinInsyncAboveReplication {
+                min_insync: self.topic_min_insync_replicas,
+                replication: self.topic_replication,
+            });
+        }
+        Ok(())
+    }
+
     /// A client configuration with the brokers set and quiet, bounded defaults.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -171,34 +216,6 @@ impl KafkaArgs {
             .set("compression.type", "lz4");
         config
     }
-
-    /// Creates each topic that does not exist yet; existing topics are left as they are.
-    pub async fn ensure_topics(&self, topics: &[&str]) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let new_topics: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|name| {
-                NewTopic::new(
-                    name,
-                    self.topic_partitions,
-                    TopicReplication::Fixed(self.topic_replication),
-                )
-            })
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        for result in admin.create_topics(&new_topics, &options).await? {
-            match result {
-                Ok(topic) => tracing::info!(topic, "Created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                        tracing::error!(topic, %code, "Could not create topic");
-                    })
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Commits the offsets a consumer stored, on the way out, so a restart does not redo
@@ -256,8 +273,70 @@ mod tests {
     }
 
     #[test]
+    fn defaults_suit_a_three_broker_cluster() {
+        let kafka = parse(&[]).unwrap().kafka;
+        assert_eq!(
+            (
+                kafka.topic_partitions,
+                kafka.topic_replication,
+                kafka.topic_min_insync_replicas,
+                kafka.raw_retention_ms
+            ),
+            (12, 3, 2, 30 * 24 * 3600 * 1000)
+        );
+        assert_eq!(kafka.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_single_broker_says_so_with_replication_and_min_insync_of_one() {
+        let args = ["--topic-replication=1", "--topic-min-insync-replicas=1"];
+        let kafka = parse(&args).unwrap().kafka;
+        assert_eq!(kafka.validate(), Ok(()));
+    }
+
+    #[test]
+    fn min_insync_replicas_above_the_replication_factor_is_refused_naming_both() {
+        let kafka = parse(&["--topic-replication=1"]).unwrap().kafka;
+        let error = kafka.validate().unwrap_err();
+        assert_eq!(
+            error,
+            KafkaConfigError::MinInsyncAboveReplication {
+                min_insync: 2,
+                replication: 1
+            }
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("KAFKA_TOPIC_MIN_INSYNC_REPLICAS is 2")
+                && text.contains("KAFKA_TOPIC_REPLICATION is 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn raw_retention_is_positive_milliseconds_or_forever() {
+        assert_eq!(retention_ms("604800000"), Ok(604_800_000));
+        assert_eq!(retention_ms("-1"), Ok(-1));
+        for bad in ["0", "-2", "30d", ""] {
+            assert_eq!(
+                retention_ms(bad),
+                Err(KafkaConfigError::BadRetention(bad.into()))
+            );
+        }
+        let error = parse(&["--raw-retention-ms", "30d"]).unwrap_err();
+        assert!(
+            error.contains("--raw-retention-ms") && error.contains("30d"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn rejects_zero_partitions_and_replication() {
-        for flag in ["--topic-partitions", "--topic-replication"] {
+        for flag in [
+            "--topic-partitions",
+            "--topic-replication",
+            "--topic-min-insync-replicas",
+        ] {
             let error = parse(&[flag, "0"]).unwrap_err();
             assert!(
                 error.contains(flag) && error.contains("0 is not in 1.."),

@@ -8,9 +8,11 @@ pub mod metrics;
 pub mod retry;
 pub mod shutdown;
 pub mod throttle;
+pub mod topics;
 pub mod trace;
 
 pub use kafka::{KafkaArgs, TopicArgs};
+pub use topics::{Topic, TopicError};
 
 /// The current time as Unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Reference implementation of the cluster-mode DDL recipe: turns the single-node
-migration statements (schemas/migrations/*.sql, split exactly as the loader splits them)
-into the statements of a replicated, sharded deployment, mechanically. The Rust loader
-implements the same rules; this script is what the checks under scripts/cluster/ run.
+migration statements (warehouse/migrations/*.sql, split exactly as the loader splits them)
+into the statements of a replicated, sharded deployment, mechanically. The Rust
+implementation (warehouse/src/layout.rs) follows the same rules, and its golden test
+compares its output with this script's (warehouse/tests/fixtures/cluster_ddl.sql); this
+script is what the checks under scripts/cluster/ run.
 
     scripts/cluster/cluster_ddl.py --db switchboard --cluster switchboard [--views over-distributed|per-shard]
 
@@ -20,12 +22,16 @@ Rules (see scripts/cluster/README.md for why each holds):
         over-distributed (default): CREATE VIEW IF NOT EXISTS d.V ON CLUSTER c AS body   (body unchanged)
         per-shard: CREATE VIEW IF NOT EXISTS d.V_local ON CLUSTER c AS body(d.T -> d.T_local)
                    CREATE TABLE IF NOT EXISTS d.V ON CLUSTER c AS d.V_local ENGINE = Distributed(c, d, V_local)
-  * CREATE MATERIALIZED VIEW d.M TO d.T AS body
+  * CREATE MATERIALIZED VIEW d.M TO d.T AS body   (body must read a sharded table)
         -> CREATE MATERIALIZED VIEW IF NOT EXISTS d.M ON CLUSTER c TO d.T_local AS body(d.S -> d.S_local)
   * ALTER TABLE d.T op   -> ALTER TABLE d.T_local ON CLUSTER c op
                             and, when op adds/drops/modifies insertable columns:
                             DROP TABLE IF EXISTS d.T ON CLUSTER c ; CREATE TABLE IF NOT EXISTS d.T ON CLUSTER c
                             (new column list) ENGINE = Distributed(...)   (18.16: Code 371 on ALTER of Distributed ON CLUSTER)
+  * DROP TABLE [IF EXISTS] d.X  -> DROP TABLE IF EXISTS d.X ON CLUSTER c
+                                   and, when X has a local table: DROP TABLE IF EXISTS d.X_local ON CLUSTER c
+  * schema_migrations (the loader's own table, not in a migration file): one replica on
+    every server (ZooKeeper path without {shard}), see schema_migrations().
   {shard} and {replica} are server macros: they are left for the server to expand.
 """
 
@@ -35,13 +41,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-MIGRATIONS = sorted((ROOT / "schemas" / "migrations").glob("*.sql"))
+MIGRATIONS = sorted((ROOT / "warehouse" / "migrations").glob("*.sql"))
 
 # The shard key of every table a migration creates. It must be a function of the
 # table's ORDER BY columns only (rows that ReplacingMergeTree would merge then always
 # share a shard) and, for entity tables, of (tenant, entity id) only (an entity's rows
 # then share a shard, so per-entity GROUP BY is exact on each shard). A table missing
-# here is refused: a new migration must name its key.
+# here is refused: a new migration must name its key. The Rust side keeps the same table
+# in warehouse/src/table.rs (`Table::shard_key`) and warehouse/src/layout.rs.
 SHARD_KEYS = {
     "raw_events_store": "cityHash64(tenant, event_id)",
     "call_events_store": "cityHash64(tenant, call_id)",
@@ -50,6 +57,30 @@ SHARD_KEYS = {
     "message_events_store": "cityHash64(tenant, message_id)",
     "dead_letters_store": "cityHash64(stage, source_topic, source_partition, source_offset)",
     "loader_blocks": "cityHash64(consumer_group, topic, partition)",
+    # Migration 0007 (analytics state): per-event tables like their 0001/0002
+    # counterparts; aggregate states on the shard of the events that feed them (a
+    # materialized view fires on the shard that received the insert).
+    "raw_events_store_v2": "cityHash64(tenant, event_id)",
+    "call_events_store_v2": "cityHash64(tenant, call_id)",
+    "contact_events_store_v2": "cityHash64(tenant, contact_id)",
+    "contact_list_events_store_v2": "cityHash64(tenant, list_id)",
+    "message_events_store_v2": "cityHash64(tenant, message_id)",
+    "dead_letters_store_v2": "cityHash64(stage, source_topic, source_partition, source_offset)",
+    "entity_keys": "cityHash64(tenant, entity_id)",
+    "calls_state": "cityHash64(tenant, call_id)",
+    "contacts_state": "cityHash64(tenant, contact_id)",
+    "contact_lists_state": "cityHash64(tenant, list_id)",
+    "messages_state": "cityHash64(tenant, message_id)",
+    # Fed by a materialized view over raw_events_store_v2, so its rows sit on the shard
+    # of the raw event (tenant, event_id), whatever this key says: a (tenant, day) may be
+    # on several shards, and readers take DISTINCT (never FINAL) of it.
+    "tenant_days": "cityHash64(tenant, day)",
+    # Migration 0008 (field discovery): a delivery's paths with its raw event; a path's
+    # aggregate on the shard of its key.
+    "unmapped_fields_store": "cityHash64(tenant, event_id)",
+    "unmapped_fields_state": "cityHash64(tenant, event, kind, path)",
+    # Migration 0009: the audit of erasures.
+    "erasures": "cityHash64(tenant, request_id)",
 }
 
 LOCAL_SUFFIX = "_local"
@@ -144,6 +175,10 @@ class Rewriter:
             name, target, body = m.group(2), m.group(3), m.group(4)
             if target not in self.sharded:
                 raise ValueError(f"materialized view {name}: its TO table {target} is not a sharded table")
+            if self.to_local(body) == body:
+                # A view over a Distributed table would fire once, on the server that took
+                # the insert, and write every shard's rows into that server's target.
+                raise ValueError(f"materialized view {name}: reads no sharded table")
             return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self.db}.{name} ON CLUSTER {c} TO {self.db}.{target}{LOCAL_SUFFIX} AS {self.to_local(body)}"]
         if re.match(r"CREATE\s+MATERIALIZED\s+VIEW", sql, re.I):
             raise ValueError("a materialized view needs TO <table> (its inner table would be neither replicated nor sharded)")
@@ -165,7 +200,7 @@ class Rewriter:
         if m:
             name, op = m.group(1), m.group(2)
             if name not in self.sharded:
-                return [f"ALTER TABLE {self.db}.{name} ON CLUSTER {c} {op}"]
+                raise ValueError(f"ALTER of {name}, which no migration created as a table: {sql[:100]}")
             out = [f"ALTER TABLE {self.db}.{name}{LOCAL_SUFFIX} ON CLUSTER {c} {op}"]
             if self.change_columns(name, op):
                 # 18.16 refuses ALTER ... ON CLUSTER of a Distributed table when the shards
@@ -173,6 +208,20 @@ class Rewriter:
                 # synchronous), so it is created again with the new column list.
                 out.append(f"DROP TABLE IF EXISTS {self.db}.{name} ON CLUSTER {c}")
                 out.append(self.distributed(name))
+            return out
+
+        m = re.match(rf"DROP\s+TABLE\s+(IF\s+EXISTS\s+)?{db}\.(\w+)\s*$", sql, re.I)
+        if m:
+            name = m.group(2)
+            out = [f"DROP TABLE IF EXISTS {self.db}.{name} ON CLUSTER {c}"]
+            if name in self.sharded or name in self.shard_views:
+                # The local table (or per-shard view) goes too, after the Distributed
+                # table that reads it; a later CREATE of the name starts afresh.
+                out.append(f"DROP TABLE IF EXISTS {self.db}.{name}{LOCAL_SUFFIX} ON CLUSTER {c}")
+                for names in (self.sharded, self.shard_views):
+                    if name in names:
+                        names.remove(name)
+                self.columns.pop(name, None)
             return out
 
         raise ValueError(f"no cluster rule for statement: {sql[:100]}")
@@ -242,10 +291,23 @@ class Rewriter:
         return changed
 
 
+def schema_migrations(db: str, cluster: str) -> str:
+    """The loader's record of applied migrations: one replica on every server (ZooKeeper
+    path without {shard}), so each loader reads it from the server it talks to;
+    `applied_at` is sent by the client (no server default), so a re-sent record is
+    identical and deduplicated."""
+    return (f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {cluster}\n"
+            f"(version UInt32, name String, applied_at DateTime('UTC'))\n"
+            f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/{db}.schema_migrations', '{{replica}}', applied_at)\n"
+            f"ORDER BY version")
+
+
 def cluster_statements(db: str, cluster: str, views: str = "over-distributed", dedup_window: int = DEDUP_WINDOW) -> list[tuple[str, list[str]]]:
-    """(migration file name, cluster statements) for every migration, in order."""
+    """(migration file name, cluster statements) for every migration, in order, after the
+    database and schema_migrations."""
     rw = Rewriter(db, cluster, views, dedup_window)
-    out = [("database", rw.rewrite(f"CREATE DATABASE IF NOT EXISTS {db}"))]
+    out = [("database", rw.rewrite(f"CREATE DATABASE IF NOT EXISTS {db}")),
+           ("schema_migrations", [schema_migrations(db, cluster)])]
     for path in MIGRATIONS:
         stmts = []
         for sql in statements(path, db):
@@ -261,6 +323,12 @@ def main() -> int:
     ap.add_argument("--views", choices=["over-distributed", "per-shard"], default="over-distributed")
     ap.add_argument("--dedup-window", type=int, default=DEDUP_WINDOW)
     a = ap.parse_args()
+    args = f"--db {a.db} --cluster {a.cluster}" + (f" --views {a.views}" if a.views != "over-distributed" else "") \
+        + (f" --dedup-window {a.dedup_window}" if a.dedup_window != DEDUP_WINDOW else "")
+    print(f"-- Generated by scripts/cluster/cluster_ddl.py {args}: do not edit.")
+    if args == "--db switchboard --cluster switchboard":
+        # The fixture of warehouse/tests/cluster_ddl.rs, the golden test of the Rust rewrite.
+        print(f"-- Regenerate: scripts/cluster/cluster_ddl.py {args} > warehouse/tests/fixtures/cluster_ddl.sql")
     for name, stmts in cluster_statements(a.db, a.cluster, a.views, a.dedup_window):
         print(f"-- {name}")
         for s in stmts:

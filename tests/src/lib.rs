@@ -58,6 +58,15 @@ impl Services {
     }
 }
 
+/// The settings a service process needs on the single-node development broker (the
+/// defaults are those of a three-broker cluster).
+pub fn single_broker_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("KAFKA_TOPIC_REPLICATION", "1".into()),
+        ("KAFKA_TOPIC_MIN_INSYNC_REPLICAS", "1".into()),
+    ]
+}
+
 /// A name no other test run uses: `prefix_<pid>_<time>_<n>`.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -155,6 +164,9 @@ impl Pipeline {
             format!("--normalized-topic={name}.normalized"),
             format!("--dlq-topic={name}.dlq"),
             format!("--topic-partitions={}", ingest_options.partitions),
+            // The development broker is a single node.
+            "--topic-replication=1".into(),
+            "--topic-min-insync-replicas=1".into(),
             format!("--log-filter={log_filter}"),
         ];
         let transform_config: transform::Config = parse(
@@ -367,7 +379,12 @@ impl Pipeline {
             assert!(Instant::now() < deadline, "topics not deleted within 60 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        self.kafka.ensure_topics(&names).await.unwrap();
+        let topics = [
+            self.topics.raw(),
+            self.topics.normalized(),
+            self.topics.dlq(),
+        ];
+        self.kafka.create_missing_topics(&topics).await.unwrap();
     }
 
     /// Fails the test if a service stopped on its own (its error is in the log).
@@ -495,6 +512,11 @@ impl ClickHouse {
         }
     }
 
+    /// The server's HTTP endpoint.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Runs `sql` (with `{db}` replaced by the database) and returns its rows.
     pub async fn rows(&self, sql: &str) -> Result<Vec<Value>, String> {
         let sql = format!("{} FORMAT JSONEachRow", sql.replace("{db}", &self.database));
@@ -594,15 +616,23 @@ pub fn fixture_names() -> Vec<String> {
 /// Runs `scripts/dev-services <action> <service>` (`up`, `down`, `kill`; `kafka` or
 /// `clickhouse`), for fault tests.
 pub fn dev_services(action: &str, service: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/dev-services");
-    let status = std::process::Command::new(script)
-        .args([action, service])
+    run_script("dev-services", &[action, service]);
+}
+
+/// Runs `scripts/cluster-services <action> <node>` (`up`, `kill`; `kafka-1`…`kafka-3`,
+/// `clickhouse-1`, `clickhouse-2`), for the fault tests of cluster mode.
+pub fn cluster_services(action: &str, node: &str) {
+    run_script("cluster-services", &[action, node]);
+}
+
+/// Runs `scripts/<name> <args>`; fails unless it succeeds.
+fn run_script(name: &str, args: &[&str]) {
+    let script = format!("{}/../scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new(&script)
+        .args(args)
         .status()
-        .expect("running scripts/dev-services");
-    assert!(
-        status.success(),
-        "scripts/dev-services {action} {service} failed"
-    );
+        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
+    assert!(status.success(), "scripts/{name} {} failed", args.join(" "));
 }
 
 /// One step of a call's ordered history: step 0 is `call-ended`, later steps modify the

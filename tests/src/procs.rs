@@ -25,6 +25,24 @@ struct Proc {
     held: bool,
 }
 
+impl Proc {
+    /// The program with exactly its settings, its output appended to its log.
+    fn command(&self) -> anyhow::Result<Command> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = Command::new(&self.program);
+        command
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(command)
+    }
+}
+
 impl Procs {
     pub fn add(
         &mut self,
@@ -57,21 +75,37 @@ impl Procs {
 
     pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let proc = self.procs.get_mut(name).context("unknown service")?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&proc.log)?;
-        let child = Command::new(&proc.program)
-            .env_clear()
-            .envs(proc.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        let child = proc
+            .command()?
             .spawn()
             .with_context(|| format!("starting {}", proc.program.display()))?;
         proc.child = Some(child);
         proc.held = false;
         Ok(())
+    }
+
+    /// Runs a service's program once with `args` and the service's settings (e.g.
+    /// `loader migrate`), waits for it, and fails naming its log unless it succeeded.
+    pub fn run_once(&self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        let proc = self.procs.get(name).context("unknown service")?;
+        let what = format!("{name} {}", args.join(" "));
+        let status = proc
+            .command()?
+            .args(args)
+            .status()
+            .with_context(|| format!("running {what}"))?;
+        if !status.success() {
+            bail!(
+                "{what} failed ({status}); its output is in {}",
+                proc.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The process id of a running service (for its CPU time in `/proc`).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        Some(self.procs.get(name)?.child.as_ref()?.id())
     }
 
     /// SIGKILL, and hold the service down until `start`.
@@ -112,6 +146,19 @@ impl Procs {
                 let _ = Command::new("kill")
                     .args(["-TERM", &child.id().to_string()])
                     .status();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Services still running when their supervisor goes (an error cut a run short) are
+/// killed, so that no process outlives the harness that started it.
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for proc in self.procs.values_mut() {
+            if let Some(mut child) = proc.child.take() {
+                let _ = child.kill();
                 let _ = child.wait();
             }
         }

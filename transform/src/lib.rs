@@ -84,6 +84,8 @@ pub enum Command {
 pub enum RunError {
     #[error("kafka client failed: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Topics(#[from] runtime::TopicError),
     #[error("kafka did not acknowledge a record for {topic}: {error}")]
     Delivery { topic: String, error: KafkaError },
     #[error(transparent)]
@@ -95,11 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let topics = &config.topics;
     config
         .kafka
-        .ensure_topics(&[
-            &topics.raw_topic,
-            &topics.normalized_topic,
-            &topics.dlq_topic,
-        ])
+        .create_missing_topics(&[topics.raw(), topics.normalized(), topics.dlq()])
         .await?;
     let metrics = metrics::Metrics::default();
     runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;

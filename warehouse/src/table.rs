@@ -37,6 +37,29 @@ impl Table {
             Table::UnmappedFields => "unmapped_fields_store",
         }
     }
+
+    /// How the table's rows are spread over shards in cluster mode (the sharding key of
+    /// its Distributed table). A function of the table's ORDER BY columns only, so the
+    /// rows ReplacingMergeTree would merge always share a shard and FINAL on each shard
+    /// collapses every duplicate; for entity tables, of (tenant, entity id) only, so an
+    /// entity's events share a shard and per-entity GROUP BYs are exact there. Raw events
+    /// go by event, not entity: a replay that changes an event's entity id must land on
+    /// the shard of the row it replaces. Never `rand()`: a block sent again must split
+    /// the same way to be deduplicated. See scripts/cluster/README.md, "Statements".
+    pub fn shard_key(self) -> &'static str {
+        match self {
+            Table::RawEvents => "cityHash64(tenant, event_id)",
+            Table::CallEvents => "cityHash64(tenant, call_id)",
+            Table::ContactEvents => "cityHash64(tenant, contact_id)",
+            Table::ContactListEvents => "cityHash64(tenant, list_id)",
+            Table::MessageEvents => "cityHash64(tenant, message_id)",
+            Table::DeadLetters => {
+                "cityHash64(stage, source_topic, source_partition, source_offset)"
+            }
+            // A delivery's paths with its raw event.
+            Table::UnmappedFields => "cityHash64(tenant, event_id)",
+        }
+    }
 }
 
 impl std::fmt::Display for Table {
