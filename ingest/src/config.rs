@@ -334,7 +334,14 @@ mod tests {
 
     #[test]
     fn min_insync_replicas_above_the_replication_factor_stops_ingest_at_start() {
-        let config = parse(&["--topic-replication", "1"]).unwrap();
+        // Both flags are given: the environment of a test run may set either.
+        let config = parse(&[
+            "--topic-replication",
+            "1",
+            "--topic-min-insync-replicas",
+            "2",
+        ])
+        .unwrap();
         assert!(matches!(
             config.validate(),
             Err(ConfigError::Kafka(

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
-use runtime::metrics::{counter, counter_vec, gauge, histogram, COUNT_BUCKETS, SECONDS_BUCKETS};
+use prometheus::{CounterVec, Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use runtime::metrics::{
+    counter, counter_vec, float_counter_vec, gauge, histogram, COUNT_BUCKETS, SECONDS_BUCKETS,
+};
 
 use warehouse::Table;
 
@@ -35,6 +37,40 @@ pub const CONSUMER_LAG_RECORDS: &str = "loader_consumer_lag_records";
 pub const DUPLICATES_DROPPED_TOTAL: &str = "loader_duplicates_dropped_total";
 /// Times a partition's offsets were found restarted (topic recreated, Kafka data reset).
 pub const OFFSETS_RESTARTED_TOTAL: &str = "loader_offsets_restarted_total";
+/// Seconds spent waiting on ClickHouse, by step: each storage table's inserts (the
+/// table's name), and `receipts`, `key_days`, `entity_keys`, `block_log`.
+pub const CLICKHOUSE_SECONDS_TOTAL: &str = "loader_clickhouse_seconds_total";
+
+/// A request the loader waits on ClickHouse for, besides a storage table's inserts.
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    /// Reading the receipts of recent events (at start and on resuming a partition).
+    Receipts,
+    /// Reading the days of entities not in memory.
+    KeyDays,
+    /// Inserting the days of entities seen for the first time.
+    EntityKeys,
+    /// Recording a block in `loader_blocks` (before and after writing it).
+    BlockLog,
+}
+
+impl Request {
+    const ALL: [Request; 4] = [
+        Request::Receipts,
+        Request::KeyDays,
+        Request::EntityKeys,
+        Request::BlockLog,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Request::Receipts => "receipts",
+            Request::KeyDays => "key_days",
+            Request::EntityKeys => "entity_keys",
+            Request::BlockLog => "block_log",
+        }
+    }
+}
 
 /// Every loader metric, registered in one registry.
 pub struct Metrics {
@@ -51,6 +87,7 @@ pub struct Metrics {
     pub lag: IntGauge,
     pub offsets_restarted: IntCounter,
     pub duplicates_dropped: IntCounter,
+    clickhouse_seconds: CounterVec,
 }
 
 impl Default for Metrics {
@@ -125,6 +162,12 @@ impl Default for Metrics {
                 OFFSETS_RESTARTED_TOTAL,
                 "Times a partition's offsets were found restarted (a new epoch of blocks).",
             ),
+            clickhouse_seconds: float_counter_vec(
+                &registry,
+                CLICKHOUSE_SECONDS_TOTAL,
+                "Seconds spent waiting on ClickHouse, by step (a storage table's inserts, receipts, key_days, entity_keys, block_log).",
+                &["step"],
+            ),
             registry,
         };
         // Every label value exists from the start, so rates read 0 rather than nothing.
@@ -134,6 +177,14 @@ impl Default for Metrics {
         for table in Table::ALL {
             metrics.rows_written.with_label_values(&[table.name()]);
             metrics.inserts.with_label_values(&[table.name()]);
+            metrics
+                .clickhouse_seconds
+                .with_label_values(&[table.name()]);
+        }
+        for step in Request::ALL {
+            metrics
+                .clickhouse_seconds
+                .with_label_values(&[step.as_str()]);
         }
         for reason in FlushReason::ALL {
             metrics.batches.with_label_values(&[reason.as_str()]);
@@ -181,6 +232,20 @@ impl Metrics {
     /// Counts one insert statement the server accepted.
     pub fn inserted(&self, table: Table) {
         self.inserts.with_label_values(&[table.name()]).inc();
+    }
+
+    /// Adds the time one insert statement into `table` took, accepted or not.
+    pub fn inserting(&self, table: Table, took: Duration) {
+        self.clickhouse_seconds
+            .with_label_values(&[table.name()])
+            .inc_by(took.as_secs_f64());
+    }
+
+    /// Adds the time one other request to ClickHouse took, answered or not.
+    pub fn waited(&self, step: Request, took: Duration) {
+        self.clickhouse_seconds
+            .with_label_values(&[step.as_str()])
+            .inc_by(took.as_secs_f64());
     }
 
     pub fn dead_lettered(&self, reason: &str, n: u64) {

@@ -1,32 +1,33 @@
-//! Writing one block (a batch of one partition's offset range) to ClickHouse: retried
+//! Writing one block (a batch of offset ranges of a topic's partitions) to ClickHouse: retried
 //! with backoff until the server takes it, rows the server refuses for their values
 //! isolated by splitting the insert and sent to the DLQ, and the block recorded in
 //! `loader_blocks` first where the block log is on.
 
-use std::time::{Duration, Instant};
-
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use schemas::{avro, DeadLetter, Position, Stage};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
-use warehouse::{StoreRow, Table};
-
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use schemas::Entity;
+use futures::{StreamExt as _, TryStreamExt as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::{avro, DeadLetter, Entity, Position, Stage};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use warehouse::resolve::{self, EntityRef, Settled};
-
-use crate::config::DedupArgs;
-use crate::known::Known;
+use warehouse::{StoreRow, Table};
 
 use crate::batch::{Batch, FlushReason, Segment};
 use crate::block::{self, Plan, Step};
+use crate::config::DedupArgs;
 use crate::consume::TopicPartition;
-use crate::metrics::Metrics;
+use crate::known::Known;
+use crate::metrics::{Metrics, Request};
 use crate::sink::{Block, Sink, SinkError};
 use crate::{RunError, RETRY};
+
+/// Entity-key lookups (1,000 ids each) a block sends at once.
+const KEY_DAY_LOOKUPS_AT_ONCE: usize = 4;
 
 /// A row the server refused for its values, set aside from an insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,20 +173,28 @@ impl Writer {
                     loaded_at_ms: batch.loaded_at_ms,
                 };
                 if self.sink.block_log && !recorded {
-                    self.sink
-                        .record_block(&self.group, topic, &record, false)
-                        .await?;
+                    self.timed(
+                        Request::BlockLog,
+                        self.sink.record_block(&self.group, topic, &record, false),
+                    )
+                    .await?;
                     recorded = true;
                 }
                 if !new_keys.is_empty() {
                     let token = token.map(|block| format!("{block}/entity_keys"));
-                    self.sink.insert_keys(new_keys, token.as_deref()).await?;
+                    self.timed(
+                        Request::EntityKeys,
+                        self.sink.insert_keys(new_keys, token.as_deref()),
+                    )
+                    .await?;
                 }
                 let rejected = self.write_tables(&batch, &name).await?;
                 if self.sink.block_log {
-                    self.sink
-                        .record_block(&self.group, topic, &record, true)
-                        .await?;
+                    self.timed(
+                        Request::BlockLog,
+                        self.sink.record_block(&self.group, topic, &record, true),
+                    )
+                    .await?;
                 }
                 Ok::<_, SinkError>(rejected)
             }
@@ -266,10 +275,28 @@ impl Writer {
         for (tenant, entity, id) in &unknown {
             groups.entry((tenant, *entity)).or_default().push(id);
         }
-        for ((tenant, entity), ids) in groups {
+        // A few at once: a block of new calls asks for thousands of ids, and the server
+        // limits the queries it runs at once (`max_concurrent_queries`).
+        let mut lookups = Vec::new();
+        for ((tenant, entity), ids) in &groups {
             for chunk in ids.chunks(1000) {
-                let days = self.sink.key_days(tenant, entity.as_str(), chunk).await?;
-                let mut known = self.known.lock().expect("known lock");
+                lookups.push(async move {
+                    let days = self.sink.key_days(tenant, entity.as_str(), chunk).await?;
+                    Ok::<_, SinkError>((*tenant, *entity, days))
+                });
+            }
+        }
+        let found: Vec<_> = self
+            .timed(
+                Request::KeyDays,
+                futures::stream::iter(lookups)
+                    .buffer_unordered(KEY_DAY_LOOKUPS_AT_ONCE)
+                    .try_collect(),
+            )
+            .await?;
+        {
+            let mut known = self.known.lock().expect("known lock");
+            for (tenant, entity, days) in found {
                 for (id, day) in days {
                     known.day((tenant.to_owned(), entity, id), day);
                 }
@@ -296,7 +323,9 @@ impl Writer {
         let since_s =
             u32::try_from((runtime::now_ms() / 1000).saturating_sub(window_s)).unwrap_or_default();
         let limit = self.known.lock().expect("known lock").capacity();
-        let receipts = self.sink.recent_receipts(since_s, limit).await?;
+        let receipts = self
+            .timed(Request::Receipts, self.sink.recent_receipts(since_s, limit))
+            .await?;
         let mut known = self.known.lock().expect("known lock");
         for (tenant, event_id, received_at_ms) in &receipts {
             known.receipt(tenant, event_id, *received_at_ms);
@@ -325,44 +354,58 @@ impl Writer {
         }
     }
 
-    /// Writes a batch, one insert per storage table (`raw_events_store` last, so that an
-    /// event in `raw_events` has its typed rows in place too), each with a deduplication
-    /// token derived from `block` where the server supports tokens. Rows the server
-    /// refuses for their values are returned; the rest is written. Idempotent: writing
-    /// the same batch again adds nothing readers see.
+    /// Awaits one request to ClickHouse, adding the time it took to `step`'s total.
+    async fn timed<T>(&self, step: Request, request: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let answer = request.await;
+        self.metrics.waited(step, started.elapsed());
+        answer
+    }
+
+    /// Writes a batch, one insert per storage table: the typed tables, the dead letters
+    /// and the field reports at once (their inserts are independent; the server runs
+    /// each in a thread of its own), then `raw_events_store_v2`, so that an event in `raw_events` has its
+    /// typed rows in place too. Each insert has a deduplication token derived from
+    /// `block` where the server supports tokens. Rows the server refuses for their
+    /// values are returned; the rest is written. Idempotent: writing the same batch again
+    /// adds nothing readers see.
     async fn write_tables(&self, batch: &Batch, block: &str) -> Result<Vec<Rejected>, SinkError> {
         let t = &batch.tables;
         let token = self.sink.dedup_tokens.then_some(block);
-        let mut rejected = Vec::new();
-        self.insert_isolating(&t.calls, token, &mut rejected)
-            .await?;
-        self.insert_isolating(&t.contacts, token, &mut rejected)
-            .await?;
-        self.insert_isolating(&t.contact_lists, token, &mut rejected)
-            .await?;
-        self.insert_isolating(&t.messages, token, &mut rejected)
-            .await?;
-        self.insert_isolating(&t.dead_letters, token, &mut rejected)
-            .await?;
-        self.insert_isolating(&t.unmapped, token, &mut rejected)
-            .await?;
-        self.insert_isolating(&t.raw, token, &mut rejected).await?;
-        Ok(rejected)
+        let (calls, contacts, contact_lists, messages, dead_letters, unmapped) = tokio::try_join!(
+            self.insert_isolating(&t.calls, token),
+            self.insert_isolating(&t.contacts, token),
+            self.insert_isolating(&t.contact_lists, token),
+            self.insert_isolating(&t.messages, token),
+            self.insert_isolating(&t.dead_letters, token),
+            self.insert_isolating(&t.unmapped, token),
+        )?;
+        let raw = self.insert_isolating(&t.raw, token).await?;
+        Ok([
+            calls,
+            contacts,
+            contact_lists,
+            messages,
+            dead_letters,
+            unmapped,
+            raw,
+        ]
+        .concat())
     }
 
     /// Inserts `rows`; on a bad-data refusal, splits them in halves until the refused
-    /// rows are alone, and sets those aside in `rejected`. Every sub-insert has its own
+    /// rows are alone, and returns those. Every sub-insert has its own
     /// token, a function of the block and the row range, so a redone block repeats them.
     async fn insert_isolating<T>(
         &self,
         rows: &[T],
         block_token: Option<&str>,
-        rejected: &mut Vec<Rejected>,
-    ) -> Result<(), SinkError>
+    ) -> Result<Vec<Rejected>, SinkError>
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite + StoreRow,
     {
         let table = T::TABLE;
+        let mut rejected = Vec::new();
         let mut pending = vec![(0, rows.len())];
         while let Some((lo, hi)) = pending.pop() {
             if lo == hi {
@@ -375,7 +418,10 @@ impl Writer {
                     format!("{block}/{table}/{lo}-{hi}")
                 }
             });
-            match self.sink.insert(&rows[lo..hi], token.as_deref()).await {
+            let started = Instant::now();
+            let result = self.sink.insert(&rows[lo..hi], token.as_deref()).await;
+            self.metrics.inserting(table, started.elapsed());
+            match result {
                 Ok(()) => self.metrics.inserted(table),
                 Err(e) if e.is_bad_data() && hi - lo == 1 => {
                     let row = &rows[lo];
@@ -395,7 +441,7 @@ impl Writer {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(rejected)
     }
 
     /// Sends a row ClickHouse refused to the DLQ (from where it lands in

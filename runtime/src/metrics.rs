@@ -133,6 +133,21 @@ pub fn counter_vec(
     counter
 }
 
+/// Registers and returns a floating-point counter with labels (e.g. seconds spent).
+pub fn float_counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::CounterVec {
+    let counter = prometheus::CounterVec::new(prometheus::Opts::new(name, help), labels)
+        .expect("valid counter");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("metric registered once");
+    counter
+}
+
 /// Registers and returns a gauge.
 pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let gauge = IntGauge::new(name, help).expect("valid gauge");

@@ -202,6 +202,7 @@ async fn load(
     run: u32,
 ) -> anyhow::Result<f64> {
     let mut procs = Procs::default();
+    let metrics_addr = tests::free_addr();
     procs.add(
         "loader",
         &util::bin_dir(&args.bin_dir)?,
@@ -215,11 +216,12 @@ async fn load(
             ("LOADER_GROUP_ID", format!("{database}-loader-{run}")),
             ("CLICKHOUSE_URL", services.clickhouse_url.clone()),
             ("CLICKHOUSE_DATABASE", database.to_owned()),
-            ("METRICS_LISTEN", String::new()),
+            ("METRICS_LISTEN", metrics_addr.clone()),
             ("RUST_LOG", util::log_filter()),
         ],
     )?;
     procs.start("loader")?;
+    let started = Instant::now();
     let clickhouse = ClickHouse::new(&services.clickhouse_url, database);
     // Each event here is a call with a contact: a row in each of three tables, the raw
     // one written first. Done when the last of them has every event.
@@ -256,9 +258,35 @@ async fn load(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let waits = tests::scrape(&format!("http://{metrics_addr}/metrics")).await;
+    let wall = started.elapsed().as_secs_f64();
     procs.stop_all();
+    eprintln!("  run {}: {}", run + 1, waited(&waits, wall));
     let first = first.expect("rows appeared");
     Ok((args.events - base) as f64 / (done - first).as_secs_f64().max(1e-3))
+}
+
+/// Where the loader waited on ClickHouse (`loader_clickhouse_seconds_total` by step)
+/// over a run of `wall` seconds, largest first.
+fn waited(counters: &std::collections::HashMap<String, f64>, wall: f64) -> String {
+    let prefix = format!("{}{{step=\"", loader::metrics::CLICKHOUSE_SECONDS_TOTAL);
+    let mut steps: Vec<(&str, f64)> = counters
+        .iter()
+        .filter_map(|(series, seconds)| {
+            let step = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            (*seconds > 0.0).then_some((step, *seconds))
+        })
+        .collect();
+    steps.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = steps.iter().map(|s| s.1).sum();
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|(step, seconds)| format!("{step} {seconds:.2}"))
+        .collect();
+    format!(
+        "the loader waited on ClickHouse {total:.1} s of its {wall:.1} s (seconds by step: {})",
+        parts.join(", ")
+    )
 }
 
 /// The rows the loader wrote, inserted by clickhouse-client in bulk into the same
