@@ -50,7 +50,7 @@ set -a
 set +a
 
 log "shell scripts parse"
-for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/chaos .ci/run \
+for script in scripts/dev-services scripts/run-stack scripts/test.sh scripts/bench-ingest scripts/bench-pipeline scripts/stress-ingest scripts/chaos .ci/run \
     scripts/cluster-services scripts/cluster-test scripts/cluster/check-sql scripts/cluster/lib.sh \
     scripts/cluster/facts-*.sh scripts/cluster/kafka-cli scripts/cluster/zk; do
     bash -n "$script"
@@ -65,6 +65,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test (unit, integration, end to end against $KAFKA_BROKERS and $CLICKHOUSE_URL)"
 cargo test --workspace --locked
+
+log "fuzz, short run (the canonical text behind event ids; the webhook handler with arbitrary requests)"
+# cargo-fuzz needs a nightly toolchain: both are installed when missing and kept in
+# ~/.rustup and ~/.cargo/bin for the next run. Not being able to build or run a target
+# fails the script. Without a sanitizer: the crates forbid unsafe code, and the run is
+# about panics and broken contracts, not memory errors. New inputs go to .cache/fuzz.
+toolchains=$(rustup toolchain list)
+case "$toolchains" in *nightly*) ;; *) rustup toolchain install nightly --profile minimal ;; esac
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+for target in canonical http; do
+    seeds=()
+    [ -d "fuzz/corpus/$target" ] && seeds=("fuzz/corpus/$target")
+    mkdir -p ".cache/fuzz/$target"
+    cargo +nightly fuzz run --sanitizer none "$target" \
+        ".cache/fuzz/$target" "${seeds[@]}" -- -max_total_time="${FUZZ_SECONDS:-30}"
+done
 
 log "chaos harness, short run (SIGKILL of each service and the broker, ClickHouse stopped 10 s)"
 scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-s 5

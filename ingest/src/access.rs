@@ -1,8 +1,11 @@
 //! Who may deliver: an allow-list of source networks, and which proxies' `X-Forwarded-For`
 //! to believe. NectarDesk signs nothing, so the source address (with the URL token) is
 //! what there is to check.
+//!
+//! Every address is compared in its canonical form: on a dual-stack listener an IPv4
+//! client arrives as `::ffff:a.b.c.d`, which no IPv4 network would contain.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -32,7 +35,8 @@ impl std::str::FromStr for Networks {
     }
 }
 
-/// Parses a comma-separated list of CIDRs or plain addresses; names the bad entry.
+/// Parses a comma-separated list of CIDRs or plain addresses; names the bad entry. An
+/// IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is read as the IPv4 network it maps.
 pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, BadNetwork> {
     text.split(',')
         .map(str::trim)
@@ -41,25 +45,54 @@ pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, BadNetwork> {
             entry
                 .parse::<IpNet>()
                 .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                .map(canonical_network)
                 .map_err(|_| BadNetwork(entry.to_owned()))
         })
         .collect()
 }
 
+fn canonical_network(net: IpNet) -> IpNet {
+    match (net, net.addr().to_canonical()) {
+        (IpNet::V6(v6), IpAddr::V4(v4)) if v6.prefix_len() >= 96 => {
+            IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).map_or(net, |n| n.trunc())
+        }
+        _ => net,
+    }
+}
+
+/// One hop of `X-Forwarded-For`, as proxies write them: an address, maybe with a port
+/// (`192.0.2.1:4711`, `[2001:db8::1]:443`) or in brackets; canonical.
+fn hop(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let ip = text
+        .parse::<IpAddr>()
+        .or_else(|_| text.parse::<SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(ip.to_canonical())
+}
+
 impl Access {
     /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
-    /// untrusted address in `X-Forwarded-For` (read right to left, as each proxy appends
-    /// the address it saw). `None` when a trusted proxy forwarded something unparsable.
-    pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> Option<IpAddr> {
+    /// untrusted address in `X-Forwarded-For`. `forwarded_for` holds every line of the
+    /// header in the order received: a proxy may append its hop as a new line (HAProxy's
+    /// `option forwardfor`) instead of at the end of the last one, and the lines together
+    /// are one list, read right to left because each proxy appends the address it saw.
+    /// `None` when a trusted proxy forwarded something unreadable.
+    pub fn client(&self, peer: IpAddr, forwarded_for: &[&[u8]]) -> Option<IpAddr> {
         let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
-        let Some(header) = forwarded_for.filter(|_| trusted(&peer)) else {
+        let peer = peer.to_canonical();
+        if forwarded_for.is_empty() || !trusted(&peer) {
             return Some(peer);
-        };
+        }
         let mut client = peer;
-        for hop in header.rsplit(',').map(str::trim) {
-            client = hop.parse().ok()?;
-            if !trusted(&client) {
-                break;
+        for line in forwarded_for.iter().rev() {
+            let line = std::str::from_utf8(line).ok()?;
+            for text in line.rsplit(',').filter(|h| !h.trim().is_empty()) {
+                client = hop(text)?;
+                if !trusted(&client) {
+                    return Some(client);
+                }
             }
         }
         Some(client)
@@ -108,14 +141,14 @@ mod tests {
     fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
         let a = access("", "10.0.0.0/8");
         assert_eq!(
-            a.client(ip("203.0.113.9"), Some("198.51.100.1")),
+            a.client(ip("203.0.113.9"), &[b"198.51.100.1"]),
             Some(ip("203.0.113.9"))
         );
         assert_eq!(
-            a.client(ip("10.0.0.2"), Some("198.51.100.1")),
+            a.client(ip("10.0.0.2"), &[b"198.51.100.1"]),
             Some(ip("198.51.100.1"))
         );
-        assert_eq!(a.client(ip("10.0.0.2"), None), Some(ip("10.0.0.2")));
+        assert_eq!(a.client(ip("10.0.0.2"), &[]), Some(ip("10.0.0.2")));
     }
 
     #[test]
@@ -123,14 +156,63 @@ mod tests {
         // The client put a fake address first; our proxy appended the real one.
         let a = access("", "10.0.0.0/8");
         assert_eq!(
-            a.client(ip("10.0.0.2"), Some("192.0.2.1, 198.51.100.1")),
+            a.client(ip("10.0.0.2"), &[b"192.0.2.1, 198.51.100.1"]),
             Some(ip("198.51.100.1"))
         );
         assert_eq!(
-            a.client(ip("10.0.0.2"), Some("198.51.100.1, 10.0.0.3")),
+            a.client(ip("10.0.0.2"), &[b"198.51.100.1, 10.0.0.3"]),
             Some(ip("198.51.100.1"))
         );
-        assert_eq!(a.client(ip("10.0.0.2"), Some("garbage")), None);
+        assert_eq!(a.client(ip("10.0.0.2"), &[b"garbage"]), None);
+        assert_eq!(a.client(ip("10.0.0.2"), &[b"198.51.100.1\xff"]), None);
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_read_right_to_left() {
+        // The client sent its own line; our proxy added another (HAProxy's forwardfor).
+        let a = access("", "10.0.0.0/8");
+        assert_eq!(
+            a.client(ip("10.0.0.2"), &[b"192.0.2.1", b"198.51.100.1"]),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            a.client(
+                ip("10.0.0.2"),
+                &[b"192.0.2.1", b"198.51.100.1, 10.0.0.3", b"10.0.0.4"]
+            ),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            a.client(ip("10.0.0.2"), &[b"192.0.2.1", b"10.0.0.3,"]),
+            Some(ip("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_read_as_ipv4_everywhere() {
+        let a = access("198.51.100.0/24", "10.0.0.0/8");
+        let client = a.client(ip("::ffff:198.51.100.7"), &[]);
+        assert_eq!(client, Some(ip("198.51.100.7")));
+        assert!(a.allows(client));
+        assert_eq!(
+            a.client(
+                ip("::ffff:10.0.0.2"),
+                &[b"::ffff:198.51.100.9, ::ffff:10.0.0.3"]
+            ),
+            Some(ip("198.51.100.9"))
+        );
+        let mapped = access("::ffff:198.51.100.0/120", "");
+        assert!(mapped.allows(Some(ip("198.51.100.200"))));
+    }
+
+    #[test]
+    fn hops_may_carry_ports_and_brackets() {
+        assert_eq!(hop(" 192.0.2.1:4711 "), Some(ip("192.0.2.1")));
+        assert_eq!(hop("[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(hop("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(hop("2001:db8::1"), Some(ip("2001:db8::1")));
+        assert_eq!(hop("unknown"), None);
+        assert_eq!(hop("_hidden"), None);
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub struct Config {
 /// HTTP limits and answers.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
-    /// Largest accepted request body; larger ones are answered 413. Keep it well under
-    /// the topic's `max.message.bytes` (1 MB by default).
+    /// Largest accepted request body, compressed or not (the limit applies again after
+    /// decompression); larger ones are answered 413. Must fit, with the envelope, in
+    /// `INGEST_KAFKA_MESSAGE_MAX_BYTES`.
     #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 524_288,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..))]
     pub max_body_bytes: usize,
@@ -52,20 +53,80 @@ pub struct HttpArgs {
     /// The `Retry-After` value sent with every 503.
     #[arg(long, env = "INGEST_RETRY_AFTER_S", default_value_t = 2)]
     pub retry_after_s: u32,
-    /// Deepest JSON nesting accepted; deeper bodies are answered 400.
+    /// Deepest nesting of arrays and objects ingest reads for the event name and the
+    /// entity id (a scalar is 0); a deeper body is still accepted and kept whole, keyed
+    /// by its event id.
     #[arg(long, env = "INGEST_MAX_JSON_DEPTH", default_value_t = 64,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=128))]
     pub max_json_depth: usize,
-    /// How long a body may take to arrive once the headers are in; a slower one is
-    /// answered 503 (the sender retries). Slow headers are for the reverse proxy in front:
-    /// the HTTP server's own header timeout would answer 408, which the sender never
-    /// retries, so it is off.
-    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    /// How long the whole body may take to arrive once the headers are in; a slower one
+    /// is answered 503 (the sender retries).
+    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
     pub body_timeout_ms: u64,
-    /// Deliveries handled at once; more are answered 503 at once (overload).
+    /// How long a request's headers may take from their first byte; a slower client's
+    /// connection is closed without an answer, which the sender retries (the HTTP
+    /// server's own header timeout answers 408, which it would not).
+    #[arg(long, env = "INGEST_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub header_timeout_ms: u64,
+    /// Largest request head (request line and headers); a larger one is answered 431.
+    #[arg(long, env = "INGEST_MAX_HEADER_BYTES", default_value_t = 32_768,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=65_536))]
+    pub max_header_bytes: usize,
+    /// Deliveries whose body has arrived and that wait to be made durable; more are
+    /// answered 503 at once (overload). Bodies still arriving do not count.
     #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 4096,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_in_flight: usize,
+    /// Open connections at once; more wait in the listen queue.
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Memory ingest may use in all. What is left after a fixed part (the program, the
+    /// Kafka client, the spool's cache, parsing) and the connections' buffers bounds the
+    /// bodies held at once (see README, "Putting ingest on the internet").
+    #[arg(long, env = "INGEST_MEMORY_BUDGET_BYTES", default_value_t = 256 << 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64 << 20..))]
+    pub memory_budget_bytes: usize,
+    /// The Kafka client's largest record (`message.max.bytes`); the raw topic's
+    /// `max.message.bytes` must be as large. A body of `INGEST_MAX_BODY_BYTES` must fit
+    /// in it with its envelope.
+    #[arg(long, env = "INGEST_KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(4096..=1_000_000_000))]
+    pub kafka_message_max_bytes: usize,
+}
+
+/// Memory outside the body budget that does not grow with the load: the program and its
+/// runtime (threads and their stacks, the allocator's own slack), the Kafka clients' own
+/// buffers, the spool's page cache (16 MiB), the spool drain's batch (8 MiB, held twice
+/// while Kafka takes it) and the dead-letter producer's buffer (16 MiB).
+pub const FIXED_MEMORY_BYTES: usize = 128 << 20;
+/// The pool for parsing bodies (see [`crate::budget`]).
+pub const PARSE_MEMORY_BYTES: usize = 16 << 20;
+/// What one open connection may hold in the HTTP library's buffers (a request head up to
+/// the limit, the body's read-ahead, the answer).
+pub const CONNECTION_MEMORY_BYTES: usize = 128 << 10;
+/// What a record adds to its body: the envelope's fields, the Kafka key and headers.
+pub const ENVELOPE_OVERHEAD_BYTES: usize = 1024;
+
+impl HttpArgs {
+    /// Bytes of the budget left for bodies and their copies.
+    pub fn body_memory_bytes(&self) -> usize {
+        self.memory_budget_bytes
+            .saturating_sub(FIXED_MEMORY_BYTES + PARSE_MEMORY_BYTES)
+            .saturating_sub(self.max_connections.saturating_mul(CONNECTION_MEMORY_BYTES))
+    }
+
+    /// The memory budget these settings give.
+    pub fn budget(&self) -> crate::budget::Budget {
+        crate::budget::Budget::new(self.body_memory_bytes(), PARSE_MEMORY_BYTES)
+    }
+
+    /// The largest record a delivery can make.
+    pub fn largest_record_bytes(&self) -> usize {
+        self.max_body_bytes + ENVELOPE_OVERHEAD_BYTES
+    }
 }
 
 /// Who may deliver.
@@ -77,7 +138,8 @@ pub struct AccessArgs {
     /// Proxies whose `X-Forwarded-For` is believed (CIDRs or addresses); empty trusts none.
     #[arg(long, env = "INGEST_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: Networks,
-    /// Refused deliveries recorded per second in the dead-letter topic (all are counted).
+    /// Refused deliveries recorded per second in the dead-letter topic, each with its whole
+    /// body (all are counted).
     #[arg(long, env = "INGEST_RECORD_REJECTIONS_PER_S", default_value_t = 20)]
     pub record_rejections_per_s: u32,
 }
@@ -88,7 +150,10 @@ pub struct SpoolArgs {
     /// Directory of the spool; unset disables it (then Kafka trouble means 503).
     #[arg(long, env = "INGEST_SPOOL_DIR")]
     pub spool_dir: Option<std::path::PathBuf>,
-    /// Largest spool; when full, deliveries Kafka cannot take are answered 503.
+    /// Size of the spool file; when it has no room, deliveries Kafka cannot take are
+    /// answered 503. redb doubles its file as it grows and rounds large entries up, so the
+    /// deliveries it holds take a third to a half of this; the file itself may pass it by
+    /// a few percent (6% measured at 1 GiB).
     #[arg(long, env = "INGEST_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
     /// Where accepted deliveries go: `kafka` (with the spool as fallback). `spool` and
@@ -135,6 +200,20 @@ pub enum ConfigError {
     DuplicateToken(usize),
     #[error("INGEST_SINK=spool needs INGEST_SPOOL_DIR")]
     SpoolSinkWithoutDir,
+    #[error("INGEST_MAX_BODY_BYTES={max_body_bytes} does not fit in a Kafka record: with its envelope it needs INGEST_KAFKA_MESSAGE_MAX_BYTES >= {needed} (now {message_max_bytes})")]
+    BodyOverMessageSize {
+        max_body_bytes: usize,
+        needed: usize,
+        message_max_bytes: usize,
+    },
+    #[error("INGEST_MEMORY_BUDGET_BYTES={budget} leaves {left} bytes for bodies, less than {needed} for two bodies of INGEST_MAX_BODY_BYTES with their copies; raise it, or lower INGEST_MAX_CONNECTIONS or INGEST_MAX_BODY_BYTES")]
+    MemoryBudgetTooSmall {
+        budget: usize,
+        left: usize,
+        needed: usize,
+    },
+    #[error("INGEST_SPOOL_MAX_BYTES={max_bytes} cannot hold one delivery of INGEST_MAX_BODY_BYTES (the file needs about {needed} bytes for it)")]
+    SpoolTooSmall { max_bytes: u64, needed: u64 },
     #[error(transparent)]
     Kafka(#[from] runtime::kafka::KafkaConfigError),
 }
@@ -143,10 +222,37 @@ impl Config {
     /// Checks the rules that span several settings (each setting is checked as it is
     /// parsed).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let http = &self.http;
         if self.spool.sink == Sink::Spool && self.spool.spool_dir.is_none() {
             return Err(ConfigError::SpoolSinkWithoutDir);
         }
         self.kafka.validate()?;
+        // Checked here rather than met at run time: a record Kafka's client refuses as
+        // too large would be a 500, which the sender retries to no end.
+        if http.largest_record_bytes() > http.kafka_message_max_bytes {
+            return Err(ConfigError::BodyOverMessageSize {
+                max_body_bytes: http.max_body_bytes,
+                needed: http.largest_record_bytes(),
+                message_max_bytes: http.kafka_message_max_bytes,
+            });
+        }
+        let needed = 2 * crate::budget::COPIES * http.max_body_bytes;
+        if http.body_memory_bytes() < needed {
+            return Err(ConfigError::MemoryBudgetTooSmall {
+                budget: http.memory_budget_bytes,
+                left: http.body_memory_bytes(),
+                needed,
+            });
+        }
+        let largest = crate::spool::file_cost(http.largest_record_bytes() as u64);
+        if self.spool.spool_dir.is_some()
+            && crate::spool::Spool::capacity(self.spool.spool_max_bytes) < largest
+        {
+            return Err(ConfigError::SpoolTooSmall {
+                max_bytes: self.spool.spool_max_bytes,
+                needed: 2 * largest,
+            });
+        }
         Ok(())
     }
 }
@@ -319,6 +425,61 @@ mod tests {
         );
         let config = parse(&["--trusted-proxies", "10.0.0.0/8, ::1"]).unwrap();
         assert_eq!(config.access.access().trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn a_body_limit_over_the_kafka_record_limit_stops_the_start() {
+        let config = parse(&["--max-body-bytes", "2000000"]).unwrap();
+        let error = config.validate().unwrap_err();
+        assert!(matches!(error, ConfigError::BodyOverMessageSize { .. }));
+        assert!(
+            error.to_string().contains("INGEST_KAFKA_MESSAGE_MAX_BYTES"),
+            "{error}"
+        );
+        let config = parse(&[
+            "--max-body-bytes",
+            "2000000",
+            "--kafka-message-max-bytes",
+            "2001024",
+        ])
+        .unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(parse(&[]).unwrap().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_memory_budget_that_cannot_hold_two_bodies_stops_the_start() {
+        // 160 MB leave about 9 MB once the fixed part and the parsing pool are taken: 100
+        // connections' buffers take all of it, 10 connections' leave room for two bodies.
+        let config = parse(&[
+            "--memory-budget-bytes",
+            "160000000",
+            "--max-connections",
+            "100",
+        ]);
+        let error = config.unwrap().validate().unwrap_err();
+        assert!(
+            matches!(error, ConfigError::MemoryBudgetTooSmall { .. }),
+            "{error}"
+        );
+        let config = parse(&[
+            "--memory-budget-bytes",
+            "160000000",
+            "--max-connections",
+            "10",
+        ]);
+        assert_eq!(config.unwrap().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_spool_that_cannot_hold_one_delivery_stops_the_start() {
+        let config = parse(&["--spool-dir", "/tmp/s", "--spool-max-bytes", "1000000"]).unwrap();
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::SpoolTooSmall { .. })
+        ));
+        let config = parse(&["--spool-dir", "/tmp/s", "--spool-max-bytes", "4000000"]).unwrap();
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::publisher::Record;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// Unknown token, malformed event slug, or unknown path: one answer for all, so a
@@ -15,17 +17,15 @@ pub enum IngestError {
     /// The source address is not on the allow-list.
     #[error("forbidden")]
     Forbidden,
-    #[error("body is not valid JSON: {0}")]
-    InvalidJson(String),
-    #[error("body nests deeper than {limit} levels")]
-    TooDeep { limit: usize },
     #[error("body is larger than {limit} bytes")]
     TooLarge { limit: usize },
     /// Kafka did not acknowledge in time and the spool could not take it, the server is
-    /// overloaded or shutting down, or the body arrived too slowly: retry later.
+    /// overloaded (deliveries, memory) or shutting down, or the body arrived too slowly:
+    /// retry later.
     #[error("the event could not be stored durably right now; retry later")]
     Unavailable { retry_after_s: u32 },
-    /// A bug or an unexpected failure; the detail goes to the log, not to the sender.
+    /// A bug, or a record Kafka refused; the detail goes to the log and the dead-letter
+    /// topic, not to the sender.
     #[error("internal error")]
     Internal,
 }
@@ -40,7 +40,6 @@ impl ResponseError for IngestError {
         match self {
             IngestError::NotFound => StatusCode::NOT_FOUND,
             IngestError::Forbidden => StatusCode::FORBIDDEN,
-            IngestError::InvalidJson(_) | IngestError::TooDeep { .. } => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,7 +63,24 @@ pub enum PublishError {
     /// The broker did not acknowledge in time or is unreachable: worth a retry.
     #[error("kafka did not acknowledge: {0}")]
     Unavailable(String),
-    /// The record itself was refused (e.g. too large for the topic): a retry will not help.
-    #[error("kafka refused the record: {0}")]
-    Refused(String),
+    /// The record itself was refused (e.g. too large for the topic): a retry will not
+    /// help. The record comes back, so the refusal can be recorded with its body.
+    #[error("kafka refused the record: {reason}")]
+    Refused {
+        reason: String,
+        record: Option<Box<Record>>,
+    },
+}
+
+impl PublishError {
+    /// This error, carrying `record` when it is a refusal.
+    pub fn with_record(self, record: Option<Record>) -> PublishError {
+        match self {
+            PublishError::Refused { reason, .. } => PublishError::Refused {
+                reason,
+                record: record.map(Box::new),
+            },
+            other => other,
+        }
+    }
 }

@@ -1,27 +1,31 @@
 //! `ingest`: the HTTP receiver for NectarDesk webhooks.
 //!
-//! It does as little as it can: check the source and the token, read and parse the body,
-//! and write the delivery unchanged to Kafka (`webhooks.raw`), keyed so one call's events
-//! stay in order. It answers 200 only once the delivery is durable (acknowledged by Kafka,
+//! It does as little as it can: check the source and the token, read the body, and write
+//! the delivery unchanged to Kafka (`webhooks.raw`), keyed so one call's events stay in
+//! order. Every body within the limit is kept, JSON or not (the normalizer marks what it
+//! cannot read `invalid`). It answers 200 only once the delivery is durable (acknowledged by Kafka,
 //! or fsync'd to the local spool when Kafka is slow or down), and 503 (never a 4xx) for
 //! anything a retry could fix, because the sender never retries a 4xx.
 //! Normalization is not done here; see the `normalize` crate.
 
 pub mod access;
+pub mod body;
+pub mod budget;
 pub mod config;
+pub mod delivery;
 pub mod error;
+pub mod guard;
 pub mod metrics;
 pub mod publisher;
 pub mod rejections;
 pub mod routes;
+pub mod server;
 pub mod spool;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::dev::Service;
-use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -45,6 +49,12 @@ pub enum RunError {
     Spool(#[from] SpoolError),
     #[error("http server failed: {0}")]
     Http(#[from] std::io::Error),
+    #[error("topic {topic} takes records of at most {topic_max} bytes (max.message.bytes), less than the {needed} a body of INGEST_MAX_BODY_BYTES makes: raise the topic's limit or lower INGEST_MAX_BODY_BYTES")]
+    TopicTooSmall {
+        topic: String,
+        topic_max: usize,
+        needed: usize,
+    },
 }
 
 /// Runs `ingest` on `listener` until `shutdown` is cancelled, then answers 503 to new
@@ -57,8 +67,12 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let produce_timeout = Duration::from_millis(config.http.produce_timeout_ms);
+    let largest = config.http.largest_record_bytes();
     let spool = match &config.spool.spool_dir {
-        Some(dir) => Some(Arc::new(Spool::open(dir, config.spool.spool_max_bytes)?)),
+        Some(dir) => {
+            let max_bytes = config.spool.spool_max_bytes;
+            Some(Arc::new(Spool::open(dir, max_bytes, largest as u64)?))
+        }
         None => None,
     };
     let draining = CancellationToken::new();
@@ -68,10 +82,17 @@ pub async fn run(
         (Sink::Spool, Some(spool)) => Arc::new(SpoolOnlyPublisher(spool.clone())),
         (_, spool) => {
             // Never wait for Kafka to start: the spool (or a 503) covers its absence.
-            let raw_topic = [config.topics.raw()];
-            let ensure = config.kafka.create_missing_topics(&raw_topic);
-            match tokio::time::timeout(Duration::from_secs(5), ensure).await {
-                Ok(Ok(())) => {}
+            let raw_topic = config.topics.raw();
+            let check = publisher::check_raw_topic(&config.kafka, raw_topic);
+            match tokio::time::timeout(Duration::from_secs(5), check).await {
+                Ok(Ok(Some(topic_max))) if topic_max < largest => {
+                    return Err(RunError::TopicTooSmall {
+                        topic: raw_topic.name().to_owned(),
+                        topic_max,
+                        needed: largest,
+                    });
+                }
+                Ok(Ok(_)) => {}
                 // A setting that cannot work (too few brokers for the replication
                 // factor): waiting cannot fix it, so stop with its message.
                 Ok(Err(e)) if e.is_setting() => return Err(e.into()),
@@ -82,8 +103,12 @@ pub async fn run(
             }
             let kafka = Arc::new(KafkaPublisher::new(
                 &config.kafka,
-                &config.topics.raw_topic,
+                raw_topic.name(),
                 produce_timeout,
+                (
+                    config.http.kafka_message_max_bytes,
+                    config.http.body_memory_bytes(),
+                ),
                 metrics.clone(),
             )?);
             kafka_publisher = Some(kafka.clone());
@@ -105,10 +130,19 @@ pub async fn run(
         }
     };
     let dlq = match config.spool.sink {
-        Sink::Kafka => Some((
-            config.kafka.reliable_producer(Duration::from_secs(30))?,
-            config.topics.dlq_topic.clone(),
-        )),
+        Sink::Kafka => {
+            let mut producer = config.kafka.reliable_config(Duration::from_secs(30));
+            producer
+                .set(
+                    "message.max.bytes",
+                    config.http.kafka_message_max_bytes.to_string(),
+                )
+                .set(
+                    "queue.buffering.max.kbytes",
+                    (rejections::DLQ_BUFFER_BYTES / 1024).to_string(),
+                );
+            Some((producer.create()?, config.topics.dlq_topic.clone()))
+        }
         _ => None,
     };
     let state = State {
@@ -120,13 +154,15 @@ pub async fn run(
         metrics,
         access: config.access.access(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.http.max_in_flight)),
+        budget: config.http.budget(),
+        not_stored: State::log_throttle(),
         tokens: config.tokens.clone(),
         http: config.http.clone(),
         publisher,
         shutdown: shutdown.clone(),
     };
     tracing::info!(tenants = ?config.tokens.tenants(), sink = %config.spool.sink, spool = ?config.spool.spool_dir, "Ingest configured");
-    serve(state, listener).await?;
+    server::serve(state, listener).await?;
     draining.cancel();
     if let Some(kafka) = kafka_publisher {
         tokio::task::spawn_blocking(move || kafka.flush(Duration::from_secs(10)))
@@ -134,43 +170,4 @@ pub async fn run(
             .ok();
     }
     Ok(())
-}
-
-/// Serves the routes until `state.shutdown` is cancelled; from then on deliveries get 503
-/// while requests in flight finish (up to 30 s).
-pub async fn serve(state: State, listener: TcpListener) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    let shutdown = state.shutdown.clone();
-    let state = web::Data::new(state);
-    let server = HttpServer::new(move || {
-        let metrics = state.metrics.clone();
-        App::new()
-            .wrap_fn(move |req, srv| {
-                let started = Instant::now();
-                let metrics = metrics.clone();
-                let response = srv.call(req);
-                async move {
-                    let response = response.await?;
-                    metrics.request(response.status().as_u16(), started.elapsed());
-                    Ok(response)
-                }
-            })
-            .configure(|cfg| routes::configure(cfg, state.clone()))
-    })
-    // The header-read timeout answers 408, which the sender never retries: off. Slow
-    // bodies get 503 (INGEST_BODY_TIMEOUT_MS); slow headers are the front proxy's job.
-    .client_request_timeout(Duration::ZERO)
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(30)
-    .run();
-    let handle = server.handle();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        // Let deliveries see the flag (503) before the listener closes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        handle.stop(true).await;
-    });
-    tracing::info!(%addr, "Ingest listening");
-    server.await
 }

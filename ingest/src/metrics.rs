@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::spool::Spool;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -12,7 +13,9 @@ use prometheus::{
 pub const REQUESTS_TOTAL: &str = "ingest_requests_total";
 /// Request latency.
 pub const REQUEST_DURATION_SECONDS: &str = "ingest_request_duration_seconds";
-/// Deliveries refused, by reason (bad_json, too_large, not_found, forbidden, unavailable, …).
+/// Deliveries refused or put off, by reason (forbidden, not_found, too_large,
+/// kafka_refused, header_too_large, malformed_request; and for 503s: unavailable,
+/// overloaded, over_memory_budget, body_timeout, shutting_down).
 pub const REJECTED_TOTAL: &str = "ingest_rejected_total";
 /// Rejected deliveries not recorded in the dead-letter topic because of the rate bound.
 pub const REJECTED_UNRECORDED_TOTAL: &str = "ingest_rejected_unrecorded_total";
@@ -21,8 +24,14 @@ pub const PRODUCE_DURATION_SECONDS: &str = "ingest_produce_duration_seconds";
 /// Deliveries waiting in the spool, and their bytes.
 pub const SPOOL_EVENTS: &str = "ingest_spool_events";
 pub const SPOOL_BYTES: &str = "ingest_spool_bytes";
+/// Length of the spool file.
+pub const SPOOL_FILE_BYTES: &str = "ingest_spool_file_bytes";
 /// Spooled deliveries moved to Kafka.
 pub const SPOOL_DRAINED_TOTAL: &str = "ingest_spool_drained_total";
+/// Bytes of the memory budget held by bodies (copies included).
+pub const BODY_MEMORY_BYTES: &str = "ingest_body_memory_bytes";
+/// Connections closed without an answer, by reason (slow_headers, incomplete_body).
+pub const CONNECTIONS_DROPPED_TOTAL: &str = "ingest_connections_dropped_total";
 
 /// Every ingest metric, registered in one registry.
 pub struct Metrics {
@@ -34,7 +43,10 @@ pub struct Metrics {
     produce_duration: Histogram,
     spool_events: IntGauge,
     spool_bytes: IntGauge,
+    spool_file_bytes: IntGauge,
     spool_drained: IntCounter,
+    body_memory: IntGauge,
+    dropped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -73,9 +85,24 @@ impl Metrics {
                 .expect("valid gauge"),
             spool_bytes: IntGauge::new(SPOOL_BYTES, "Bytes waiting in the spool.")
                 .expect("valid gauge"),
+            spool_file_bytes: IntGauge::new(SPOOL_FILE_BYTES, "Length of the spool file.")
+                .expect("valid gauge"),
             spool_drained: IntCounter::new(
                 SPOOL_DRAINED_TOTAL,
                 "Spooled deliveries moved to Kafka.",
+            )
+            .expect("valid counter"),
+            body_memory: IntGauge::new(
+                BODY_MEMORY_BYTES,
+                "Bytes of the memory budget held by bodies.",
+            )
+            .expect("valid gauge"),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    CONNECTIONS_DROPPED_TOTAL,
+                    "Connections closed without an answer, by reason.",
+                ),
+                &["reason"],
             )
             .expect("valid counter"),
             registry,
@@ -95,16 +122,32 @@ impl Metrics {
             .expect("unique");
         r.register(Box::new(metrics.spool_bytes.clone()))
             .expect("unique");
+        r.register(Box::new(metrics.spool_file_bytes.clone()))
+            .expect("unique");
         r.register(Box::new(metrics.spool_drained.clone()))
+            .expect("unique");
+        r.register(Box::new(metrics.body_memory.clone()))
+            .expect("unique");
+        r.register(Box::new(metrics.dropped.clone()))
             .expect("unique");
         metrics
     }
 
     pub fn request(&self, status: u16, elapsed: Duration) {
+        self.answered(status);
+        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// An answer the HTTP library gave itself (no handler ran, so no duration).
+    pub fn answered(&self, status: u16) {
         self.requests
             .with_label_values(&[&status.to_string()])
             .inc();
-        self.request_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A connection closed without an answer.
+    pub fn dropped(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
     }
 
     pub fn rejected(&self, reason: &str) {
@@ -119,9 +162,14 @@ impl Metrics {
         self.produce_duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn spool(&self, events: u64, bytes: u64) {
-        self.spool_events.set(events as i64);
-        self.spool_bytes.set(bytes as i64);
+    pub fn spool(&self, spool: &Spool) {
+        self.spool_events.set(spool.events() as i64);
+        self.spool_bytes.set(spool.bytes() as i64);
+        self.spool_file_bytes.set(spool.file_bytes() as i64);
+    }
+
+    pub fn body_memory(&self, bytes: usize) {
+        self.body_memory.set(bytes as i64);
     }
 
     pub fn spool_drained(&self, n: u64) {

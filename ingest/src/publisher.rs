@@ -4,13 +4,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use runtime::retry::Backoff;
+use runtime::throttle::Throttle;
 use runtime::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -45,17 +49,26 @@ pub struct KafkaPublisher {
 
 impl KafkaPublisher {
     /// A producer whose every delivery either is acknowledged by all in-sync replicas or
-    /// fails within `produce_timeout`.
+    /// fails within `produce_timeout`. `message_max_bytes` bounds one record (librdkafka's
+    /// `message.max.bytes`), `queue_max_bytes` what the client buffers in all.
     pub fn new(
         kafka: &KafkaArgs,
         topic: &str,
         produce_timeout: Duration,
+        limits: (usize, usize),
         metrics: Arc<Metrics>,
     ) -> Result<KafkaPublisher, KafkaError> {
+        let (message_max_bytes, queue_max_bytes) = limits;
         let mut config = kafka.reliable_config(produce_timeout);
         // Every request waits for its acknowledgement: do not hold records back to batch
         // them (concurrent requests still share batches).
-        config.set("linger.ms", "0");
+        config
+            .set("linger.ms", "0")
+            .set("message.max.bytes", message_max_bytes.to_string())
+            .set(
+                "queue.buffering.max.kbytes",
+                (queue_max_bytes / 1024).max(1).to_string(),
+            );
         Ok(KafkaPublisher {
             producer: config.create()?,
             topic: topic.to_owned(),
@@ -70,25 +83,47 @@ impl KafkaPublisher {
         }
     }
 
-    async fn send(
-        &self,
-        key: &str,
-        payload: &[u8],
-        traceparent: Option<&str>,
-    ) -> Result<(), PublishError> {
-        let mut record = FutureRecord::to(&self.topic).key(key).payload(payload);
-        if let Some(headers) = runtime::trace::headers(traceparent) {
-            record = record.headers(headers);
-        }
-        // A full local queue means we are over capacity: fail at once rather than hold
-        // the request.
-        match self
-            .producer
-            .send(record, Timeout::After(Duration::ZERO))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err((e, _)) => Err(classify(e)),
+    /// Produces `record` and waits for its acknowledgement. The record's payload is let
+    /// go once the client has its copy; on failure the record comes back from that copy
+    /// (`None` only if the client vanished with it).
+    async fn send(&self, record: Record) -> Result<(), (PublishError, Option<Record>)> {
+        let delivery = {
+            let mut produced = FutureRecord::to(&self.topic)
+                .key(&record.key)
+                .payload(&record.payload);
+            if let Some(headers) = runtime::trace::headers(record.traceparent.as_deref()) {
+                produced = produced.headers(headers);
+            }
+            // A full local queue means we are over capacity: fail at once rather than
+            // hold the request.
+            match self.producer.send_result(produced) {
+                Ok(delivery) => delivery,
+                Err((e, _)) => return Err((classify(e), Some(record))),
+            }
+        };
+        // Drop the payload now, not when this function returns (a field left behind in a
+        // destructured value lives as long as the value would have).
+        let Record {
+            key,
+            payload,
+            traceparent,
+        } = record;
+        drop(payload);
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, message))) => {
+                let payload = message.payload().unwrap_or_default().to_vec();
+                let record = Record {
+                    key,
+                    payload,
+                    traceparent,
+                };
+                Err((classify(e), Some(record)))
+            }
+            Err(_) => Err((
+                PublishError::Unavailable("the Kafka client was stopped".into()),
+                None,
+            )),
         }
     }
 
@@ -117,10 +152,13 @@ impl Publisher for KafkaPublisher {
     fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
             let started = Instant::now();
-            self.send(&record.key, &record.payload, record.traceparent.as_deref())
-                .await?;
-            self.metrics.produced(started.elapsed());
-            Ok(())
+            match self.send(record).await {
+                Ok(()) => {
+                    self.metrics.produced(started.elapsed());
+                    Ok(())
+                }
+                Err((error, record)) => Err(error.with_record(record)),
+            }
         })
     }
 
@@ -129,13 +167,44 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// Creates the raw topic when it is missing, and returns the largest record it takes
+/// (`max.message.bytes`), when the broker says.
+pub async fn check_raw_topic(
+    kafka: &KafkaArgs,
+    topic: runtime::Topic<'_>,
+) -> Result<Option<usize>, runtime::TopicError> {
+    kafka.create_missing_topics(&[topic]).await?;
+    let admin: AdminClient<DefaultClientContext> = kafka.client_config().create()?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic.name())], &options)
+        .await?;
+    Ok(described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == "max.message.bytes")
+        .and_then(|entry| entry.value?.parse().ok()))
+}
+
 fn classify(e: KafkaError) -> PublishError {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessage) => {
-            PublishError::Refused(e.to_string())
+            PublishError::Refused {
+                reason: e.to_string(),
+                record: None,
+            }
         }
         _ => PublishError::Unavailable(e.to_string()),
     }
+}
+
+/// `Some(held back since the last line)` when a throttled line may be logged now.
+pub fn admit(throttle: &Mutex<Throttle>) -> Option<u64> {
+    throttle
+        .lock()
+        .expect("throttle lock")
+        .admit(Instant::now())
 }
 
 fn spool_error(e: SpoolError) -> PublishError {
@@ -145,6 +214,11 @@ fn spool_error(e: SpoolError) -> PublishError {
     }
 }
 
+/// Spooled entries moved to Kafka at once: at most this many, and no more bytes than
+/// [`DRAIN_BATCH_BYTES`] (they are in memory twice while Kafka takes them).
+const DRAIN_BATCH_ENTRIES: usize = 500;
+pub const DRAIN_BATCH_BYTES: u64 = 8 << 20;
+
 /// Kafka first; when Kafka does not acknowledge in time, the fsync'd local spool. While
 /// the spool holds anything, new events go to the spool too, so that each key's events
 /// reach Kafka in the order they were accepted.
@@ -152,6 +226,8 @@ pub struct DurablePublisher {
     kafka: Arc<KafkaPublisher>,
     spool: Arc<Spool>,
     metrics: Arc<Metrics>,
+    /// While Kafka is down every delivery is spooled: one line per 10 s says so.
+    spooling: Mutex<Throttle>,
 }
 
 impl DurablePublisher {
@@ -164,6 +240,7 @@ impl DurablePublisher {
             kafka,
             spool,
             metrics,
+            spooling: Mutex::new(Throttle::new(Duration::from_secs(10))),
         }
     }
 
@@ -178,8 +255,8 @@ impl DurablePublisher {
         const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut failures = 0;
         while !shutdown.is_cancelled() {
-            metrics.spool(spool.events(), spool.bytes());
-            let entries = match spool.oldest(500) {
+            metrics.spool(&spool);
+            let entries = match spool.oldest(DRAIN_BATCH_ENTRIES, DRAIN_BATCH_BYTES).await {
                 Ok(entries) if entries.is_empty() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -196,19 +273,17 @@ impl DurablePublisher {
             };
             // Enqueue in order, then wait for every acknowledgement: the idempotent
             // producer keeps the order per partition.
-            let sends: Vec<_> = entries
-                .iter()
-                .map(|e| kafka.send(&e.key, &e.payload, e.traceparent.as_deref()))
-                .collect();
+            let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+            let sends: Vec<_> = entries.into_iter().map(|e| kafka.send(e.record)).collect();
             let results = futures::future::join_all(sends).await;
             let acked = results.iter().take_while(|r| r.is_ok()).count();
             if acked > 0 {
-                if let Err(e) = spool.remove(&entries[..acked]) {
+                if let Err(e) = spool.remove(seqs[..acked].to_vec()).await {
                     tracing::error!(error = %e, "Removing drained entries from the spool failed");
                 }
                 metrics.spool_drained(acked as u64);
             }
-            if acked < entries.len() {
+            if acked < seqs.len() {
                 tracing::warn!(waiting = spool.events(), "Kafka unavailable; spool kept");
                 failures += 1;
                 if !RETRY.wait(failures, &shutdown).await {
@@ -218,36 +293,29 @@ impl DurablePublisher {
                 failures = 0;
             }
         }
-        metrics.spool(spool.events(), spool.bytes());
+        metrics.spool(&spool);
     }
 }
 
 impl Publisher for DurablePublisher {
     fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
-            let (key, payload, trace) =
-                (&record.key, &record.payload, record.traceparent.as_deref());
             if self.spool.events() > 0 {
-                return self
-                    .spool
-                    .append(key, payload, trace)
-                    .await
-                    .map_err(spool_error);
+                return self.spool.append(record).await.map_err(spool_error);
             }
             let started = Instant::now();
-            match self.kafka.send(key, payload, trace).await {
+            match self.kafka.send(record).await {
                 Ok(()) => {
                     self.metrics.produced(started.elapsed());
                     Ok(())
                 }
-                Err(PublishError::Unavailable(reason)) => {
-                    tracing::warn!(%reason, "Kafka did not acknowledge; spooling");
-                    self.spool
-                        .append(key, payload, trace)
-                        .await
-                        .map_err(spool_error)
+                Err((PublishError::Unavailable(reason), Some(record))) => {
+                    if let Some(held_back) = admit(&self.spooling) {
+                        tracing::warn!(%reason, held_back, "Kafka did not acknowledge; spooling");
+                    }
+                    self.spool.append(record).await.map_err(spool_error)
                 }
-                Err(refused) => Err(refused),
+                Err((error, record)) => Err(error.with_record(record)),
             }
         })
     }
@@ -263,12 +331,7 @@ pub struct SpoolOnlyPublisher(pub Arc<Spool>);
 
 impl Publisher for SpoolOnlyPublisher {
     fn publish(&self, record: Record) -> BoxFuture<'_, Result<(), PublishError>> {
-        Box::pin(async move {
-            self.0
-                .append(&record.key, &record.payload, record.traceparent.as_deref())
-                .await
-                .map_err(spool_error)
-        })
+        Box::pin(async move { self.0.append(record).await.map_err(spool_error) })
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {

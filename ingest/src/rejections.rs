@@ -1,7 +1,8 @@
-//! Refused deliveries: counted by reason, and recorded (metadata and a bounded prefix of
-//! the body) in the dead-letter topic, where they reach the `dead_letters` table with stage
-//! `ingest`. Recording is bounded per second so a flood of junk cannot flood Kafka; what
-//! is over the bound is still counted.
+//! Refused deliveries: counted by reason, and recorded (metadata and the whole body, as
+//! far as the body limit) in the dead-letter topic, where they reach the `dead_letters`
+//! table with stage `ingest`. Recording is bounded per second, so a flood of junk cannot
+//! flood Kafka, and the client's buffer for it is bounded too; what is over either bound
+//! is still counted (`ingest_rejected_unrecorded_total`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -11,8 +12,9 @@ use schemas::{avro, DeadLetter};
 
 use crate::metrics::Metrics;
 
-/// How much of a refused body is kept.
-pub const BODY_PREFIX_BYTES: usize = 1024;
+/// What the dead-letter producer may buffer while Kafka is slow (librdkafka's
+/// `queue.buffering.max.kbytes`); records beyond it are counted, not kept.
+pub const DLQ_BUFFER_BYTES: usize = 16 << 20;
 
 /// One refused delivery.
 #[derive(Debug)]
@@ -35,6 +37,10 @@ pub struct Rejections {
     window: Mutex<(Instant, u32)>,
 }
 
+/// Leave to record one refusal (within the bound per second).
+#[must_use]
+pub struct Ticket<'a>(&'a Rejections);
+
 impl Rejections {
     /// `sink`: a producer and the dead-letter topic; `None` only counts and logs.
     pub fn new(
@@ -50,37 +56,22 @@ impl Rejections {
         }
     }
 
-    pub fn record(&self, r: Rejection<'_>) {
-        self.metrics.rejected(r.reason);
-        if !self.within_bound() {
+    /// Counts a refusal for `reason`; returns a ticket when it may also be recorded. Ask
+    /// first, so a body that will not be recorded is not read for nothing.
+    pub fn admit(&self, reason: &str) -> Option<Ticket<'_>> {
+        self.metrics.rejected(reason);
+        if self.within_bound() {
+            Some(Ticket(self))
+        } else {
             self.metrics.rejected_unrecorded();
-            return;
+            None
         }
-        tracing::warn!(reason = r.reason, status = r.status, tenant = r.tenant, event = r.event, source = %r.source, detail = %r.detail, "Delivery refused");
-        let Some((producer, topic)) = &self.sink else {
-            return;
-        };
-        let letter = DeadLetter::refused_delivery(
-            r.status,
-            format!("{} {}: {}", r.status, r.reason, r.detail),
-            r.tenant,
-            r.event,
-            &r.source,
-            r.body[..r.body.len().min(BODY_PREFIX_BYTES)].to_vec(),
-            // 63 random bits: unique per refusal (across ingest instances too), so the
-            // table's dedup key keeps every one.
-            fastrand::i64(0..i64::MAX),
-            runtime::now_ms(),
-        );
-        match avro::dead_letter().encode(&letter) {
-            // Fire and forget: the answer to the sender does not wait for this.
-            Ok(payload) => {
-                let record = FutureRecord::to(topic).key(&r.source).payload(&payload);
-                if let Err((e, _)) = producer.send_result(record) {
-                    tracing::warn!(error = %e, "Could not record a refused delivery");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "Could not encode a refused delivery"),
+    }
+
+    /// Counts and, within the bound, records a refusal.
+    pub fn refuse(&self, r: Rejection<'_>) {
+        if let Some(ticket) = self.admit(r.reason) {
+            ticket.record(r);
         }
     }
 
@@ -94,6 +85,40 @@ impl Rejections {
     }
 }
 
+impl Ticket<'_> {
+    /// Logs the refusal and sends it to the dead-letter topic (not waiting for Kafka).
+    pub fn record(self, r: Rejection<'_>) {
+        let Ticket(rejections) = self;
+        tracing::warn!(reason = r.reason, status = r.status, tenant = r.tenant, event = r.event, source = %r.source, detail = %r.detail, body_bytes = r.body.len(), "Delivery refused");
+        let Some((producer, topic)) = &rejections.sink else {
+            return;
+        };
+        let letter = DeadLetter::refused_delivery(
+            r.status,
+            format!("{} {}: {}", r.status, r.reason, r.detail),
+            r.tenant,
+            r.event,
+            &r.source,
+            r.body.to_vec(),
+            // 63 random bits: unique per refusal (across ingest instances too), so the
+            // table's dedup key keeps every one.
+            fastrand::i64(0..i64::MAX),
+            runtime::now_ms(),
+        );
+        match avro::dead_letter().encode(&letter) {
+            // Fire and forget: the answer to the sender does not wait for this.
+            Ok(payload) => {
+                let record = FutureRecord::to(topic).key(&r.source).payload(&payload);
+                if let Err((e, _)) = producer.send_result(record) {
+                    rejections.metrics.rejected_unrecorded();
+                    tracing::warn!(error = %e, "Could not record a refused delivery");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Could not encode a refused delivery"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,7 +128,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let rejections = Rejections::new(metrics.clone(), None, 2);
         for _ in 0..5 {
-            rejections.record(Rejection {
+            rejections.refuse(Rejection {
                 reason: "not_found",
                 status: 404,
                 detail: String::new(),
@@ -113,13 +138,14 @@ mod tests {
                 body: b"",
             });
         }
+        assert!(rejections.admit("forbidden").is_none());
         let text = metrics.render();
         assert!(
             text.contains(r#"ingest_rejected_total{reason="not_found"} 5"#),
             "{text}"
         );
         assert!(
-            text.contains("ingest_rejected_unrecorded_total 3"),
+            text.contains("ingest_rejected_unrecorded_total 4"),
             "{text}"
         );
     }

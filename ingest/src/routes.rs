@@ -1,21 +1,32 @@
-//! The HTTP surface: webhook routes, health, readiness.
+//! The HTTP surface: webhook routes, health, readiness, metrics.
+//!
+//! A delivery is checked in the order of cost: shutdown, source address, token, event
+//! slug (refusals are recorded with the body, read within the same bounds); then its body
+//! is read whole (one deadline, a size limit, the memory budget) and unwrapped; only then
+//! does it take an in-flight slot, so a slow sender holds none. What it becomes is
+//! decided, the body is let go once its record is encoded, and the answer waits for
+//! durability. Every body within the limit is accepted, JSON or not: the sender never
+//! retries a 4xx, so refusing one would lose it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use actix_http::ConnectionType;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use schemas::event::is_well_formed_slug;
+use runtime::throttle::Throttle;
 use schemas::{avro, RawEnvelope};
 
 use crate::access::Access;
+use crate::body::{self, BodyError, Decoded};
+use crate::budget::{Budget, Charge};
 use crate::config::{HttpArgs, Tokens};
+use crate::delivery::{self, Identity};
 use crate::error::{IngestError, PublishError};
 use crate::metrics::Metrics;
 use crate::publisher::{Publisher, Record};
@@ -30,10 +41,16 @@ pub struct State {
     pub publisher: Arc<dyn Publisher>,
     pub metrics: Arc<Metrics>,
     pub rejections: Arc<Rejections>,
-    /// Deliveries in progress; when none is left, the answer is 503 (overload).
+    /// Deliveries whose body is in and that wait for durability; when none is left, the
+    /// answer is 503 (overload).
     pub in_flight: Arc<Semaphore>,
+    /// The memory bodies may take.
+    pub budget: Budget,
     /// Cancelled when shutdown begins: from then on deliveries are answered 503.
     pub shutdown: CancellationToken,
+    /// Deliveries that could not be stored are logged at most once per 10 s (they are
+    /// all counted).
+    pub not_stored: Mutex<Throttle>,
 }
 
 impl State {
@@ -48,30 +65,51 @@ impl State {
         State {
             in_flight: Arc::new(Semaphore::new(http.max_in_flight)),
             rejections: Arc::new(Rejections::new(metrics.clone(), None, 20)),
+            budget: http.budget(),
             tokens,
             http,
             access,
             publisher,
             metrics,
             shutdown: CancellationToken::new(),
+            not_stored: State::log_throttle(),
         }
     }
 
-    fn unavailable(&self) -> IngestError {
+    /// The throttle for [`State::not_stored`].
+    pub fn log_throttle() -> Mutex<Throttle> {
+        Mutex::new(Throttle::new(Duration::from_secs(10)))
+    }
+
+    /// A 503 for `reason` (counted, not recorded: the sender retries it).
+    fn unavailable(&self, reason: &str) -> IngestError {
+        self.metrics.rejected(reason);
         IngestError::Unavailable {
             retry_after_s: self.http.retry_after_s,
         }
     }
 }
 
-/// Registers every route on an actix app.
+/// Registers every route on an actix app. A known path with another method is answered
+/// like an unknown path (404, counted and recorded), not with the library's own 405.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<State>) {
+    let only = |path: &str, route: actix_web::Route| {
+        web::resource(path)
+            .route(route)
+            .default_service(web::to(not_found))
+    };
     cfg.app_data(state)
-        .route("/hooks/{token}/{event}", web::post().to(receive_with_event))
-        .route("/hooks/{token}", web::post().to(receive_without_event))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
+        .service(only(
+            "/hooks/{token}/{event}",
+            web::post().to(receive_with_event),
+        ))
+        .service(only(
+            "/hooks/{token}",
+            web::post().to(receive_without_event),
+        ))
+        .service(only("/healthz", web::get().to(healthz)))
+        .service(only("/readyz", web::get().to(readyz)))
+        .service(only("/metrics", web::get().to(metrics)))
         .default_service(web::to(not_found));
 }
 
@@ -85,7 +123,7 @@ async fn receive_with_event(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     body: web::Payload,
-) -> Result<HttpResponse, IngestError> {
+) -> HttpResponse {
     let (token, event) = path.into_inner();
     receive(&state, &req, &token, Some(&event), body).await
 }
@@ -95,124 +133,171 @@ async fn receive_without_event(
     req: HttpRequest,
     token: web::Path<String>,
     body: web::Payload,
-) -> Result<HttpResponse, IngestError> {
+) -> HttpResponse {
     receive(&state, &req, &token, None, body).await
 }
 
-/// One delivery: checks in the order of cost, refusing (and recording) what fails.
+/// How a delivery was answered, and whether its body was read to the end (if not, the
+/// connection closes after the answer rather than reading on).
+type Answer = Result<HttpResponse, (IngestError, bool)>;
+
 async fn receive(
     state: &State,
     req: &HttpRequest,
     token: &str,
     path_event: Option<&str>,
     payload: web::Payload,
-) -> Result<HttpResponse, IngestError> {
-    let peer = req.peer_addr().map(|a| a.ip());
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = peer.and_then(|peer| state.access.client(peer, forwarded));
-    let source = client.map(|ip| ip.to_string()).unwrap_or_default();
-    let refuse =
-        |reason: &'static str, error: IngestError, tenant: &str, event: &str, body: &[u8]| {
-            state.rejections.record(Rejection {
-                reason,
-                status: error.status_code().as_u16(),
-                detail: error.to_string(),
-                tenant,
-                event,
-                source: source.clone(),
-                body,
-            });
-            error
-        };
-    if state.shutdown.is_cancelled() {
-        state.metrics.rejected("shutting_down");
-        return Err(state.unavailable());
+) -> HttpResponse {
+    match deliver(state, req, token, path_event, payload).await {
+        Ok(response) => response,
+        Err((error, body_read)) => answer(&error, body_read),
     }
-    let Ok(_permit) = state.in_flight.try_acquire() else {
-        state.metrics.rejected("overloaded");
-        return Err(state.unavailable());
+}
+
+fn answer(error: &IngestError, body_read: bool) -> HttpResponse {
+    let mut response = error.error_response();
+    if !body_read {
+        response
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
+    response
+}
+
+async fn deliver(
+    state: &State,
+    req: &HttpRequest,
+    token: &str,
+    path_event: Option<&str>,
+    payload: web::Payload,
+) -> Answer {
+    let deadline = Instant::now() + Duration::from_millis(state.http.body_timeout_ms);
+    let client = client(state, req);
+    let refusal = |reason, error, tenant, event: String| Refusal {
+        reason,
+        error,
+        tenant,
+        event,
+        source: client.map(|ip| ip.to_string()).unwrap_or_default(),
     };
+    if state.shutdown.is_cancelled() {
+        return Err((state.unavailable("shutting_down"), false));
+    }
     if !state.access.allows(client) {
-        return Err(refuse("forbidden", IngestError::Forbidden, "", "", b""));
+        let refused = refusal("forbidden", IngestError::Forbidden, "", String::new());
+        return Err(refuse(state, refused, payload, deadline).await);
     }
     let Some(tenant) = state.tokens.tenant_for(token) else {
         let hint: String = token.chars().take(4).collect();
-        return Err(refuse(
+        let refused = refusal(
             "not_found",
             IngestError::NotFound,
             "",
-            &format!("token {hint}…"),
-            b"",
-        ));
+            format!("token {hint}…"),
+        );
+        return Err(refuse(state, refused, payload, deadline).await);
     };
-    let event = match path_event {
-        Some(raw) => match slugify(raw) {
-            Some(slug) => Some(slug),
-            None => return Err(refuse("not_found", IngestError::NotFound, tenant, "", b"")),
-        },
+    let event = match path_event.map(delivery::slugify) {
+        Some(None) => {
+            let refused = refusal("not_found", IngestError::NotFound, tenant, String::new());
+            return Err(refuse(state, refused, payload, deadline).await);
+        }
+        Some(slug) => slug,
         None => None,
     };
-    let event_name = event.as_deref().unwrap_or_default();
-    let body = match read_body(
-        payload,
-        state.http.max_body_bytes,
-        state.http.body_timeout_ms,
-    )
-    .await
-    {
+    let mut charge = state.budget.charge();
+    let body = match read_body(state, req, payload, deadline, &mut charge).await {
         Ok(body) => body,
-        Err((IngestError::Unavailable { .. }, _)) => {
-            state.metrics.rejected("body_timeout");
-            return Err(state.unavailable());
+        Err(BodyError::TooLarge { limit, partial }) => {
+            let event = event.unwrap_or_default();
+            let refused = refusal("too_large", IngestError::TooLarge { limit }, tenant, event);
+            state.rejections.refuse(refused.with_body(&partial));
+            return Err((refused.error, false));
         }
-        Err((error, partial)) => {
-            return Err(refuse("too_large", error, tenant, event_name, &partial))
-        }
-    };
-    let json = match parse(&body, state.http.max_json_depth) {
-        Ok(json) => json,
-        Err(error) => {
-            let reason = if matches!(error, IngestError::TooDeep { .. }) {
-                "too_deep"
-            } else {
-                "bad_json"
-            };
-            return Err(refuse(reason, error, tenant, event_name, &body));
+        Err(BodyError::TooSlow) => return Err((state.unavailable("body_timeout"), false)),
+        Err(BodyError::Broken) => return Err((state.unavailable("body_incomplete"), false)),
+        Err(BodyError::OverBudget(_)) => {
+            return Err((state.unavailable("over_memory_budget"), false))
         }
     };
-    let event = event
-        .or_else(|| event_from_headers(req))
-        .or_else(|| event_from_body(&json))
-        .unwrap_or_default();
-    accept(state, tenant, &event, source, body, &json).await
+    let Ok(_slot) = state.in_flight.try_acquire() else {
+        return Err((state.unavailable("overloaded"), true));
+    };
+    let named = event.or_else(|| delivery::event_from_headers(req));
+    let identity = {
+        let _parsing = state.budget.parsing(delivery::parse_cost(&body)).await;
+        delivery::identify(tenant, named, &body, state.http.max_json_depth)
+    };
+    let source = client.map(|ip| ip.to_string()).unwrap_or_default();
+    accept(state, tenant, identity, source, body, charge)
+        .await
+        .map_err(|e| (e, true))
+}
+
+/// The client's address: the peer, or what our trusted proxies say it was; `None` when
+/// a trusted proxy forwarded something unreadable.
+fn client(state: &State, req: &HttpRequest) -> Option<IpAddr> {
+    let forwarded: Vec<&[u8]> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .map(|v| v.as_bytes())
+        .collect();
+    let peer = req.peer_addr()?.ip();
+    state.access.client(peer, &forwarded)
+}
+
+/// The body as stored: read whole, decompressed, without a byte-order mark. A body in an
+/// encoding ingest cannot undo is kept as received.
+async fn read_body(
+    state: &State,
+    req: &HttpRequest,
+    payload: web::Payload,
+    deadline: Instant,
+    charge: &mut Charge,
+) -> Result<Vec<u8>, BodyError> {
+    let limit = state.http.max_body_bytes;
+    let received = body::read(payload, limit, deadline, charge).await?;
+    let decoded = match body::encodings(req.headers()) {
+        Ok(encodings) if encodings.is_empty() => received,
+        Ok(encodings) => match body::decode(&received, &encodings, limit, charge)? {
+            Decoded::Body(decoded) => decoded,
+            Decoded::Undecodable => return Ok(received),
+        },
+        Err(_unknown) => return Ok(received),
+    };
+    Ok(body::without_byte_order_mark(decoded, limit))
 }
 
 /// Makes the delivery durable, then answers with its receipt.
 async fn accept(
     state: &State,
     tenant: &str,
-    event: &str,
+    identity: Identity,
     source_addr: String,
     body: Vec<u8>,
-    json: &Value,
+    charge: Charge,
 ) -> Result<HttpResponse, IngestError> {
-    let event_id = normalize::identity::event_id(tenant, event, json);
-    let key = normalize::identity::kafka_key(tenant, event, json, &event_id);
+    let Identity {
+        event,
+        key,
+        event_id,
+    } = identity;
     let envelope = RawEnvelope {
         event_id: event_id.clone(),
         tenant: tenant.to_owned(),
-        event: event.to_owned(),
+        event: event.clone(),
         received_at: runtime::now_ms(),
-        source_addr,
+        source_addr: source_addr.clone(),
         body,
     };
-    let payload = avro::raw_envelope().encode(&envelope).map_err(|e| {
+    let encoded = avro::raw_envelope().encode(&envelope);
+    // Only the record is held while waiting for durability; the body goes now.
+    drop(envelope);
+    let payload = encoded.map_err(|e| {
         tracing::error!(error = %e, tenant, event, "Could not encode the raw envelope");
         IngestError::Internal
     })?;
+    state.metrics.body_memory(state.budget.held());
     // The trace of this delivery starts here and follows it through Kafka headers.
     let span = tracing::info_span!("webhook", tenant, event, event_id = %event_id, key = %key);
     let record = Record {
@@ -221,105 +306,79 @@ async fn accept(
         traceparent: runtime::trace::traceparent(&span),
     };
     let published = state.publisher.publish(record).instrument(span).await;
+    drop(charge);
     match published {
         Ok(()) => Ok(HttpResponse::Ok().json(Receipt { event_id })),
         Err(PublishError::Unavailable(reason)) => {
-            tracing::warn!(%reason, tenant, event, "Event not stored; answering 503");
-            state.metrics.rejected("unavailable");
-            Err(state.unavailable())
+            if let Some(held_back) = crate::publisher::admit(&state.not_stored) {
+                tracing::warn!(%reason, tenant, event, held_back, "Event not stored; answering 503");
+            }
+            Err(state.unavailable("unavailable"))
         }
-        Err(PublishError::Refused(reason)) => {
+        Err(PublishError::Refused { reason, record }) => {
             tracing::error!(%reason, tenant, event, "Kafka refused the event");
+            let body = record
+                .and_then(|r| avro::raw_envelope().decode(&r.payload).ok())
+                .map(|envelope| envelope.body)
+                .unwrap_or_default();
+            state.rejections.refuse(Rejection {
+                reason: "kafka_refused",
+                status: 500,
+                detail: reason,
+                tenant,
+                event: &event,
+                source: source_addr,
+                body: &body,
+            });
             Err(IngestError::Internal)
         }
     }
 }
 
-/// Reads the body, refusing more than `limit` bytes without reading them all, and
-/// giving up (503) when a chunk takes longer than `timeout_ms`. On error, also returns
-/// what was read, for the record of the refusal.
-async fn read_body(
-    mut payload: web::Payload,
-    limit: usize,
-    timeout_ms: u64,
-) -> Result<Vec<u8>, (IngestError, Vec<u8>)> {
-    let mut body = Vec::new();
-    let timeout = Duration::from_millis(timeout_ms);
-    loop {
-        let chunk = match tokio::time::timeout(timeout, payload.next()).await {
-            Err(_elapsed) => return Err((IngestError::Unavailable { retry_after_s: 0 }, body)),
-            Ok(None) => return Ok(body),
-            Ok(Some(Ok(chunk))) => chunk,
-            Ok(Some(Err(actix_web::error::PayloadError::Overflow))) => {
-                return Err((IngestError::TooLarge { limit }, body))
-            }
-            // The connection broke mid-body: the sender sees a connection error and retries.
-            Ok(Some(Err(_))) => return Err((IngestError::Unavailable { retry_after_s: 0 }, body)),
-        };
-        if body.len() + chunk.len() > limit {
-            body.extend_from_slice(&chunk[..(limit - body.len()).min(chunk.len())]);
-            return Err((IngestError::TooLarge { limit }, body));
-        }
-        body.extend_from_slice(&chunk);
-    }
+/// A refusal, before its body is known.
+struct Refusal<'a> {
+    reason: &'static str,
+    error: IngestError,
+    tenant: &'a str,
+    event: String,
+    source: String,
 }
 
-/// The body as JSON, refusing nesting deeper than `max_depth`.
-fn parse(body: &[u8], max_depth: usize) -> Result<Value, IngestError> {
-    let json: Value =
-        serde_json::from_slice(body).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
-    if depth(&json) > max_depth {
-        return Err(IngestError::TooDeep { limit: max_depth });
-    }
-    Ok(json)
-}
-
-/// Nesting depth of a JSON value (a scalar is 1), without recursion.
-fn depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 1)];
-    while let Some((value, level)) = stack.pop() {
-        deepest = deepest.max(level);
-        match value {
-            Value::Array(items) => stack.extend(items.iter().map(|v| (v, level + 1))),
-            Value::Object(map) => stack.extend(map.values().map(|v| (v, level + 1))),
-            _ => {}
+impl<'a> Refusal<'a> {
+    fn with_body(&'a self, body: &'a [u8]) -> Rejection<'a> {
+        Rejection {
+            reason: self.reason,
+            status: self.error.status_code().as_u16(),
+            detail: self.error.to_string(),
+            tenant: self.tenant,
+            event: &self.event,
+            source: self.source.clone(),
+            body,
         }
     }
-    deepest
 }
 
-/// The event slug for a name as a person or the sender may write it (`Call Ended`,
-/// `call_ended`), or `None` when nothing well-formed remains.
-fn slugify(name: &str) -> Option<String> {
-    let slug: String = name
-        .trim()
-        .chars()
-        .map(|c| match c {
-            ' ' | '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    is_well_formed_slug(&slug).then_some(slug)
-}
-
-/// Header names a sender or a proxy may use to name the event.
-const EVENT_HEADERS: [&str; 3] = ["x-nectardesk-event", "x-webhook-event", "x-event"];
-/// Body keys that may name the event (never `type`: for calls it is the direction).
-const EVENT_KEYS: [&str; 4] = ["event", "eventName", "event_name", "webhookEvent"];
-
-fn event_from_headers(req: &HttpRequest) -> Option<String> {
-    EVENT_HEADERS
-        .iter()
-        .filter_map(|name| req.headers().get(*name)?.to_str().ok())
-        .find_map(slugify)
-}
-
-fn event_from_body(json: &Value) -> Option<String> {
-    EVENT_KEYS
-        .iter()
-        .filter_map(|key| json.get(*key)?.as_str())
-        .find_map(slugify)
+/// Counts a refusal and, within the recording bound, reads its body (within the usual
+/// bounds) and records it whole: a delivery refused by mistake (an old token) can then
+/// be recovered from `dead_letters`.
+async fn refuse(
+    state: &State,
+    refusal: Refusal<'_>,
+    payload: web::Payload,
+    deadline: Instant,
+) -> (IngestError, bool) {
+    let Some(ticket) = state.rejections.admit(refusal.reason) else {
+        return (refusal.error, false);
+    };
+    let mut charge = state.budget.charge();
+    let limit = state.http.max_body_bytes;
+    let (body, read) = match body::read(payload, limit, deadline, &mut charge).await {
+        Ok(body) => (body, true),
+        Err(BodyError::TooLarge { partial, .. }) => (partial, false),
+        Err(_) => (Vec::new(), false),
+    };
+    ticket.record(refusal.with_body(&body));
+    (refusal.error, read)
 }
 
 async fn healthz() -> HttpResponse {
@@ -337,45 +396,29 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<State>) -> HttpResponse {
+    state.metrics.body_memory(state.budget.held());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
 }
 
-async fn not_found() -> Result<HttpResponse, IngestError> {
-    Err(IngestError::NotFound)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slugify_accepts_the_ways_an_event_may_be_written() {
-        assert_eq!(slugify("call-ended").as_deref(), Some("call-ended"));
-        assert_eq!(slugify(" Call Ended ").as_deref(), Some("call-ended"));
-        assert_eq!(
-            slugify("contact_list.created").as_deref(),
-            Some("contact-list-created")
-        );
-        assert_eq!(slugify("call--ended"), None);
-        assert_eq!(slugify("call/ended"), None);
-        assert_eq!(slugify(""), None);
-    }
-
-    #[test]
-    fn depth_counts_nesting_levels() {
-        assert_eq!(depth(&serde_json::json!(1)), 1);
-        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": 2}]})), 4);
-        assert!(parse(br#"[[[[1]]]]"#, 4).is_err());
-        assert!(parse(br#"[[[1]]]"#, 4).is_ok());
-    }
-
-    #[test]
-    fn the_event_is_never_taken_from_the_call_direction() {
-        let body = serde_json::json!({"type": "inbound", "id": 1});
-        assert_eq!(event_from_body(&body), None);
-        let body = serde_json::json!({"event": "Message Received"});
-        assert_eq!(event_from_body(&body).as_deref(), Some("message-received"));
-    }
+/// Unknown paths: the same answer as an unknown token, counted and recorded like it.
+async fn not_found(
+    state: web::Data<State>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let deadline = Instant::now() + Duration::from_millis(state.http.body_timeout_ms);
+    let source = client(&state, &req)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let refusal = Refusal {
+        reason: "not_found",
+        error: IngestError::NotFound,
+        tenant: "",
+        event: String::new(),
+        source,
+    };
+    let (error, read) = refuse(&state, refusal, payload, deadline).await;
+    answer(&error, read)
 }

@@ -13,22 +13,35 @@
 //! after Kafka acknowledged them, so a crash while draining produces duplicates (removed
 //! downstream by event id), never a loss. Appends are committed in groups: concurrent
 //! requests share one fsync.
+//!
+//! Size: the file never grows past `INGEST_SPOOL_MAX_BYTES`. Each append reserves its
+//! room before it is queued (so concurrent appends cannot all pass one check), at what it
+//! costs in the file ([`file_cost`]), within half the limit, because redb doubles its file
+//! when it grows. Once drained, the file is compacted back to its minimal size. One thread
+//! owns the database, so compaction never races a reader.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::publisher::Record;
+
+mod store;
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const TRACES: TableDefinition<'_, u64, &str> = TableDefinition::new("traces");
 
+/// What an empty spool file takes (redb's header and tables), rounded up.
+const EMPTY_FILE_BYTES: u64 = 128 << 10;
+
 /// Why the spool could not take or give back an entry.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool is full ({bytes} of {max_bytes} bytes used)")]
-    Full { bytes: u64, max_bytes: u64 },
+    #[error("spool is full ({used} of {capacity} bytes reserved)")]
+    Full { used: u64, capacity: u64 },
     #[error("spool directory {dir} is not usable: {reason}")]
     Directory { dir: PathBuf, reason: String },
     #[error("spool storage failed: {0}")]
@@ -45,31 +58,49 @@ fn storage(e: impl std::fmt::Display) -> SpoolError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub seq: u64,
-    pub key: String,
-    pub payload: Vec<u8>,
-    pub traceparent: Option<String>,
+    pub record: Record,
 }
 
-struct Append {
-    key: String,
-    payload: Vec<u8>,
-    traceparent: Option<String>,
-    done: oneshot::Sender<Result<(), SpoolError>>,
+/// What an entry of `len` bytes (key and record) may take in the file: redb keeps small
+/// values together in 4 KiB pages and gives a larger one a run of pages rounded up to a
+/// power of two; plus room for its trace and the tree's inner pages. Measured on redb 4.6
+/// (100 B: 118, 2,000 B: 2,103, 5,000 B: 8,302, 524,300 B: 1,049,600 bytes a value); an
+/// estimate above those.
+pub fn file_cost(len: u64) -> u64 {
+    let base = if len + 32 <= 2016 {
+        len + 32
+    } else {
+        (len + 64).div_ceil(4096).next_power_of_two() * 4096
+    };
+    base + base / 16 + 192
+}
+
+/// Counters every handle shares with the thread that owns the database.
+#[derive(Debug, Default)]
+struct Counters {
+    /// [`file_cost`] of the entries stored and of the appends on their way.
+    reserved: AtomicU64,
+    /// Bytes of the entries stored (keys and records).
+    bytes: AtomicU64,
+    events: AtomicU64,
+    file_bytes: AtomicU64,
 }
 
 /// The spool. Cheap to share behind an `Arc`.
 pub struct Spool {
-    db: Arc<Database>,
-    appends: mpsc::Sender<Append>,
-    bytes: Arc<AtomicU64>,
-    events: Arc<AtomicU64>,
-    max_bytes: u64,
+    commands: mpsc::Sender<store::Command>,
+    counters: Arc<Counters>,
+    /// Reservable bytes: half the limit (redb doubles its file when it grows), less
+    /// what an empty file takes.
+    capacity: u64,
+    /// The cost of the largest entry a delivery can make (for readiness).
+    largest_cost: u64,
 }
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, counting what an earlier run left in it.
-    /// Must be called inside a tokio runtime (the group-commit writer runs on it).
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+    /// `largest_entry` is the size of the largest entry a delivery can make.
+    pub fn open(dir: &Path, max_bytes: u64, largest_entry: u64) -> Result<Spool, SpoolError> {
         let unusable = |reason: String| SpoolError::Directory {
             dir: dir.to_owned(),
             reason,
@@ -78,301 +109,151 @@ impl Spool {
         let probe = dir.join(".write-test");
         std::fs::write(&probe, b"ok").map_err(|e| unusable(format!("cannot write: {e}")))?;
         let _ = std::fs::remove_file(probe);
-        // A previous holder in this process (a restart) releases the file when its writer
-        // thread ends, which may be a moment after it was dropped: wait for it briefly.
         let path = dir.join("spool.redb");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let db = loop {
-            // A small page cache: the spool is written once and read once; its memory
-            // belongs to the request path.
-            match redb::Builder::new().set_cache_size(16 << 20).create(&path) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => return Err(unusable(e.to_string())),
-            }
-        };
-        let (mut next_seq, mut bytes, mut events) = (0u64, 0u64, 0u64);
-        {
-            let txn = db.begin_write().map_err(storage)?;
-            txn.open_table(ENTRIES).map_err(storage)?;
-            txn.open_table(TRACES).map_err(storage)?;
-            txn.commit().map_err(storage)?;
-            let read = db.begin_read().map_err(storage)?;
-            let table = read.open_table(ENTRIES).map_err(storage)?;
-            for item in table.iter().map_err(storage)? {
-                let (seq, value) = item.map_err(storage)?;
-                next_seq = next_seq.max(seq.value() + 1);
-                bytes += value.value().len() as u64;
-                events += 1;
-            }
-        }
-        let db = Arc::new(db);
-        let (appends, rx) = mpsc::channel(4096);
-        let spool = Spool {
-            db: db.clone(),
-            appends,
-            bytes: Arc::new(AtomicU64::new(bytes)),
-            events: Arc::new(AtomicU64::new(events)),
-            max_bytes,
-        };
-        let (bytes, events) = (spool.bytes.clone(), spool.events.clone());
-        tokio::task::spawn_blocking(move || write_loop(&db, rx, next_seq, &bytes, &events));
-        Ok(spool)
+        let db = create(&path).map_err(unusable)?;
+        let counters = Arc::new(Counters::default());
+        let next_seq = count(&db, &counters)?;
+        let (commands, rx) = mpsc::channel(4096);
+        let owner = store::Owner::new(db, path, counters.clone(), next_seq);
+        std::thread::Builder::new()
+            .name("ingest-spool".into())
+            .spawn(move || owner.run(rx))
+            .map_err(|e| unusable(e.to_string()))?;
+        Ok(Spool {
+            commands,
+            counters,
+            capacity: Spool::capacity(max_bytes),
+            largest_cost: file_cost(largest_entry),
+        })
+    }
+
+    /// The reservable bytes of a spool limited to `max_bytes`.
+    pub fn capacity(max_bytes: u64) -> u64 {
+        (max_bytes / 2).saturating_sub(EMPTY_FILE_BYTES)
     }
 
     /// Appends a delivery durably; returns once it is fsync'd.
-    pub async fn append(
-        &self,
-        key: &str,
-        payload: &[u8],
-        traceparent: Option<&str>,
-    ) -> Result<(), SpoolError> {
-        let size = (4 + key.len() + payload.len()) as u64;
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        if bytes + size > self.max_bytes {
-            return Err(SpoolError::Full {
-                bytes,
-                max_bytes: self.max_bytes,
-            });
-        }
+    pub async fn append(&self, record: Record) -> Result<(), SpoolError> {
+        let cost = file_cost(entry_len(&record));
+        self.reserve(cost)?;
         let (done, result) = oneshot::channel();
-        let append = Append {
-            key: key.to_owned(),
-            payload: payload.to_vec(),
-            traceparent: traceparent.map(str::to_owned),
+        let command = store::Command::Append { record, cost, done };
+        if self.commands.send(command).await.is_err() {
+            self.counters.reserved.fetch_sub(cost, Ordering::AcqRel);
+            return Err(SpoolError::Stopped);
+        }
+        // The owner gives the reservation back if the commit fails.
+        result.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    fn reserve(&self, cost: u64) -> Result<(), SpoolError> {
+        let capacity = self.capacity;
+        self.counters
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + cost <= capacity).then_some(used + cost)
+            })
+            .map(|_| ())
+            .map_err(|used| SpoolError::Full { used, capacity })
+    }
+
+    /// The oldest entries: at most `max_entries`, and no more than `max_bytes` of them
+    /// (but at least one).
+    pub async fn oldest(
+        &self,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, SpoolError> {
+        let (done, result) = oneshot::channel();
+        let command = store::Command::Oldest {
+            max_entries,
+            max_bytes,
             done,
         };
-        self.appends
-            .send(append)
+        self.commands
+            .send(command)
             .await
             .map_err(|_| SpoolError::Stopped)?;
         result.await.map_err(|_| SpoolError::Stopped)?
     }
 
-    /// The oldest entries, at most `max`.
-    pub fn oldest(&self, max: usize) -> Result<Vec<Entry>, SpoolError> {
-        let read = self.db.begin_read().map_err(storage)?;
-        let table = read.open_table(ENTRIES).map_err(storage)?;
-        let traces = read.open_table(TRACES).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(storage)?.take(max) {
-            let (seq, value) = item.map_err(storage)?;
-            let value = value.value();
-            let key_len = u32::from_le_bytes(value[..4].try_into().expect("4 bytes")) as usize;
-            let traceparent = traces
-                .get(seq.value())
-                .map_err(storage)?
-                .map(|t| t.value().to_owned());
-            out.push(Entry {
-                seq: seq.value(),
-                key: String::from_utf8_lossy(&value[4..4 + key_len]).into_owned(),
-                payload: value[4 + key_len..].to_vec(),
-                traceparent,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Deletes entries (after Kafka acknowledged them).
-    pub fn remove(&self, entries: &[Entry]) -> Result<(), SpoolError> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::Immediate).map_err(storage)?;
-        let mut freed = 0u64;
-        let mut removed = 0u64;
-        {
-            let mut table = txn.open_table(ENTRIES).map_err(storage)?;
-            let mut traces = txn.open_table(TRACES).map_err(storage)?;
-            for entry in entries {
-                if let Some(value) = table.remove(entry.seq).map_err(storage)? {
-                    freed += value.value().len() as u64;
-                    removed += 1;
-                }
-                traces.remove(entry.seq).map_err(storage)?;
-            }
-        }
-        txn.commit().map_err(storage)?;
-        self.bytes.fetch_sub(freed, Ordering::Relaxed);
-        self.events.fetch_sub(removed, Ordering::Relaxed);
-        Ok(())
+    /// Deletes entries (after Kafka acknowledged them); compacts the file once empty.
+    pub async fn remove(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+        let (done, result) = oneshot::channel();
+        let command = store::Command::Remove { seqs, done };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| SpoolError::Stopped)?;
+        result.await.map_err(|_| SpoolError::Stopped)?
     }
 
     /// Entries waiting.
     pub fn events(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
+        self.counters.events.load(Ordering::Acquire)
     }
 
     /// Bytes of the entries waiting.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.counters.bytes.load(Ordering::Acquire)
     }
 
-    /// Whether another `size` bytes would fit.
+    /// Length of the spool file.
+    pub fn file_bytes(&self) -> u64 {
+        self.counters.file_bytes.load(Ordering::Acquire)
+    }
+
+    /// Whether the largest delivery would fit now.
     pub fn has_room(&self) -> bool {
-        self.bytes() < self.max_bytes
+        self.counters.reserved.load(Ordering::Acquire) + self.largest_cost <= self.capacity
     }
 }
 
-/// Commits appends in groups: takes every append already queued, writes them in one
-/// transaction with one fsync, then answers each.
-fn write_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<Append>,
-    mut next_seq: u64,
-    bytes: &AtomicU64,
-    events: &AtomicU64,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < 1024 {
-            match rx.try_recv() {
-                Ok(append) => group.push(append),
-                Err(_) => break,
+/// The length of a record's entry in the table.
+fn entry_len(record: &Record) -> u64 {
+    (4 + record.key.len() + record.payload.len()) as u64
+}
+
+/// Creates or opens the file. A previous holder in this process (a restart) releases it
+/// when its thread ends, which may be a moment after it was dropped: wait for it briefly.
+fn create(path: &Path) -> Result<Database, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // A small page cache: the spool is written once and read once; its memory
+        // belongs to the request path.
+        match redb::Builder::new().set_cache_size(16 << 20).create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
-        }
-        let result = commit(db, &group, next_seq);
-        match &result {
-            Ok(size) => {
-                next_seq += group.len() as u64;
-                bytes.fetch_add(*size, Ordering::Relaxed);
-                events.fetch_add(group.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => tracing::error!(error = %e, "Spool commit failed"),
-        }
-        for append in group {
-            let answer = match &result {
-                Ok(_) => Ok(()),
-                Err(e) => Err(SpoolError::Storage(e.to_string())),
-            };
-            let _ = append.done.send(answer);
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
 
-fn commit(db: &Database, group: &[Append], first_seq: u64) -> Result<u64, SpoolError> {
-    let mut txn = db.begin_write().map_err(storage)?;
-    txn.set_durability(Durability::Immediate).map_err(storage)?;
-    let mut size = 0u64;
-    {
-        let mut table = txn.open_table(ENTRIES).map_err(storage)?;
-        let mut traces = txn.open_table(TRACES).map_err(storage)?;
-        let mut value = Vec::new();
-        for (i, append) in group.iter().enumerate() {
-            if let Some(traceparent) = &append.traceparent {
-                traces
-                    .insert(first_seq + i as u64, traceparent.as_str())
-                    .map_err(storage)?;
-            }
-            value.clear();
-            value.extend_from_slice(&(append.key.len() as u32).to_le_bytes());
-            value.extend_from_slice(append.key.as_bytes());
-            value.extend_from_slice(&append.payload);
-            size += value.len() as u64;
-            table
-                .insert(first_seq + i as u64, value.as_slice())
-                .map_err(storage)?;
-        }
-    }
+/// Counts what an earlier run left; returns the next sequence number.
+fn count(db: &Database, counters: &Counters) -> Result<u64, SpoolError> {
+    let txn = db.begin_write().map_err(storage)?;
+    txn.open_table(ENTRIES).map_err(storage)?;
+    txn.open_table(TRACES).map_err(storage)?;
     txn.commit().map_err(storage)?;
-    Ok(size)
+    let read = db.begin_read().map_err(storage)?;
+    let table = read.open_table(ENTRIES).map_err(storage)?;
+    let mut next_seq = 0;
+    for item in redb::ReadableTable::iter(&table).map_err(storage)? {
+        let (seq, value) = item.map_err(storage)?;
+        let len = value.value().len() as u64;
+        next_seq = seq.value() + 1;
+        counters.bytes.fetch_add(len, Ordering::AcqRel);
+        counters
+            .reserved
+            .fetch_add(file_cost(len), Ordering::AcqRel);
+        counters.events.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(next_seq)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn entries_come_back_in_order_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-            for i in 0..5 {
-                spool
-                    .append(&format!("acme:call:{i}"), format!("p{i}").as_bytes(), None)
-                    .await
-                    .unwrap();
-            }
-            assert_eq!(spool.events(), 5);
-            let first = spool.oldest(2).unwrap();
-            assert_eq!(first[0].key, "acme:call:0");
-            assert_eq!(first[1].payload, b"p1");
-            spool.remove(&first).unwrap();
-            assert_eq!(spool.events(), 3);
-        }
-        // A restart (new process) finds what was not removed, and appends after it.
-        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(spool.events(), 3);
-        spool
-            .append(
-                "acme:call:9",
-                b"p9",
-                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            )
-            .await
-            .unwrap();
-        let entries = spool.oldest(10).unwrap();
-        let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["acme:call:2", "acme:call:3", "acme:call:4", "acme:call:9"]
-        );
-        // The trace context is kept with the entry it belongs to, and only there.
-        let traces: Vec<Option<&str>> = entries.iter().map(|e| e.traceparent.as_deref()).collect();
-        assert_eq!(
-            traces,
-            [
-                None,
-                None,
-                None,
-                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_full_spool_refuses_and_frees_room_when_drained() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 100).unwrap();
-        spool.append("k", &[0; 60], None).await.unwrap();
-        assert!(matches!(
-            spool.append("k", &[0; 60], None).await,
-            Err(SpoolError::Full { .. })
-        ));
-        spool.remove(&spool.oldest(1).unwrap()).unwrap();
-        assert_eq!(spool.bytes(), 0);
-        spool.append("k", &[0; 60], None).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_are_all_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(dir.path(), 1 << 24).unwrap());
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let spool = spool.clone();
-                tokio::spawn(async move { spool.append(&format!("k{i}"), b"x", None).await })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap().unwrap();
-        }
-        assert_eq!(spool.events(), 200);
-        assert_eq!(spool.oldest(1000).unwrap().len(), 200);
-    }
-
-    #[test]
-    fn an_unwritable_directory_is_a_clear_error() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let _guard = runtime.enter();
-        let err = Spool::open(&file.path().join("spool"), 1 << 20)
-            .err()
-            .unwrap();
-        assert!(err.to_string().starts_with("spool directory"), "{err}");
-    }
-}
+mod tests;

@@ -10,6 +10,7 @@
 //! (`erasure`) before anything leaves.
 
 mod call;
+pub mod canonical;
 mod contact;
 pub mod discovery;
 pub mod entity;

@@ -8,7 +8,7 @@
 
 pub mod procs;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -104,6 +104,11 @@ pub struct IngestOptions {
     pub max_in_flight: usize,
     /// Partitions of the pipeline's topics.
     pub partitions: i32,
+    /// Brokers for ingest alone (e.g. a closed port: Kafka down for ingest only, without
+    /// touching the shared broker); `None`: the pipeline's.
+    pub kafka_brokers: Option<String>,
+    /// More ingest arguments (`--name=value`).
+    pub args: Vec<String>,
 }
 
 impl Default for IngestOptions {
@@ -113,6 +118,8 @@ impl Default for IngestOptions {
             produce_timeout_ms: 10_000,
             max_in_flight: 4096,
             partitions: 3,
+            kafka_brokers: None,
+            args: Vec::new(),
         }
     }
 }
@@ -309,6 +316,13 @@ impl Pipeline {
         }
     }
 
+    /// Stops ingest gracefully and starts a new one (same spool, new port) with
+    /// `options`.
+    pub async fn restart_ingest_with(&mut self, options: IngestOptions) {
+        self.ingest_options = options;
+        self.restart_ingest().await;
+    }
+
     /// Stops ingest gracefully and starts a new one (same settings and spool, new port).
     pub async fn restart_ingest(&mut self) {
         self.ingest.0.cancel();
@@ -438,6 +452,18 @@ impl Pipeline {
         }
     }
 
+    /// The event ids in `raw_events`, once there are at least `n` (see
+    /// [`Pipeline::wait_for_rows`]).
+    pub async fn stored_event_ids(&self, n: usize, within: Duration) -> HashSet<String> {
+        let rows = self
+            .wait_for_rows("SELECT event_id FROM {db}.raw_events", n, within)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Stops every service, reports any that failed, and drops the test database.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -487,7 +513,13 @@ fn start_ingest(common: &[String], options: &IngestOptions) -> (String, (Cancell
     if let Some(dir) = &options.spool_dir {
         own.push(format!("--spool-dir={}", dir.display()));
     }
-    let config: ingest::Config = parse("ingest", common, &own);
+    own.extend(options.args.iter().cloned());
+    let mut common = common.to_vec();
+    if let Some(brokers) = &options.kafka_brokers {
+        common.retain(|arg| !arg.starts_with("--kafka-brokers="));
+        common.push(format!("--kafka-brokers={brokers}"));
+    }
+    let config: ingest::Config = parse("ingest", &common, &own);
     config.validate().unwrap();
     let token = CancellationToken::new();
     let stop = token.clone();

@@ -68,15 +68,16 @@ async fn every_event_lands_in_its_tables() {
     // The sender retries call-ended late; it must change nothing.
     let (event, body) = fixture("call-ended-full");
     assert_eq!(pipeline.post(&event, &body).await.0, 200);
-    // A body that is not JSON is refused at the door (and the sender told so).
+    // A body that is not JSON is kept whole (the sender never retries a 4xx, so a refusal
+    // would lose it) and marked invalid by transform, with the reason.
     let (event, body) = fixture("call-ended-not-json");
-    assert_eq!(pipeline.post(&event, &body).await.0, 400);
+    assert_eq!(pipeline.post(&event, &body).await.0, 200);
 
     // Dead letters go through the DLQ topic, after the normalized records: wait for them.
     pipeline
         .wait_for_rows(
             "SELECT * FROM {db}.dead_letters",
-            2,
+            3,
             Duration::from_secs(60),
         )
         .await
@@ -84,7 +85,7 @@ async fn every_event_lands_in_its_tables() {
     pipeline
         .wait_for_rows(
             "SELECT * FROM {db}.raw_events",
-            ORDER.len(),
+            ORDER.len() + 1,
             Duration::from_secs(60),
         )
         .await
@@ -98,7 +99,7 @@ async fn every_event_lands_in_its_tables() {
     assert_eq!(
         statuses,
         [
-            json!({"status": "invalid", "n": 2}),
+            json!({"status": "invalid", "n": 3}),
             json!({"status": "normalized", "n": ORDER.len() - 3}),
             json!({"status": "unrecognized", "n": 1})
         ]
@@ -111,8 +112,8 @@ async fn every_event_lands_in_its_tables() {
     assert_eq!(
         letters,
         [
-            json!({"stage": "ingest", "reason": "400 bad_json: body is not valid JSON: EOF while parsing a value at line 1 column 9", "tenant": "acme", "event": "call-ended"}),
             json!({"stage": "transform", "reason": "body is a JSON array, expected an object", "tenant": "acme", "event": "call-ended"}),
+            json!({"stage": "transform", "reason": "body is not valid JSON: EOF while parsing a value at line 1 column 9", "tenant": "acme", "event": "call-ended"}),
             json!({"stage": "transform", "reason": "call event has no usable integer id", "tenant": "acme", "event": "call-ended"}),
         ]
     );

@@ -41,12 +41,15 @@ async fn the_key_counters_move_when_events_flow() {
             .0,
         200
     );
-    // Not JSON: refused with 400 and counted by reason.
-    assert_eq!(pipeline.post("call-ended", "{not json").await.0, 400);
+    // Not JSON: kept whole (a 4xx would lose it), and dead-lettered by transform too.
+    assert_eq!(pipeline.post("call-ended", "{not json").await.0, 200);
+    // A body over the limit: refused with 413 and counted by reason.
+    let too_large = format!(r#"{{"pad": "{}"}}"#, "x".repeat(600_000));
+    assert_eq!(pipeline.post("call-ended", &too_large).await.0, 413);
     pipeline
         .wait_for_rows(
             "SELECT event_id FROM {db}.raw_events",
-            EVENTS as usize + 1,
+            EVENTS as usize + 2,
             Duration::from_secs(60),
         )
         .await
@@ -54,28 +57,29 @@ async fn the_key_counters_move_when_events_flow() {
     pipeline
         .wait_for_rows(
             "SELECT stage FROM {db}.dead_letters WHERE stage = 'transform'",
-            1,
+            2,
             Duration::from_secs(30),
         )
         .await
         .unwrap();
     let n = EVENTS as f64;
     let expected = [
-        (r#"ingest_requests_total{status="200"}"#, n + 1.0),
-        (r#"ingest_rejected_total{reason="bad_json"}"#, 1.0),
-        ("ingest_produce_duration_seconds_count", n + 1.0),
-        ("transform_records_in_total", n + 1.0),
+        (r#"ingest_requests_total{status="200"}"#, n + 2.0),
+        (r#"ingest_requests_total{status="413"}"#, 1.0),
+        (r#"ingest_rejected_total{reason="too_large"}"#, 1.0),
+        ("ingest_produce_duration_seconds_count", n + 2.0),
+        ("transform_records_in_total", n + 2.0),
         (
             r#"transform_records_out_total{output="normalized"}"#,
-            n + 1.0,
+            n + 2.0,
         ),
-        (r#"transform_records_out_total{output="dlq"}"#, 1.0),
+        (r#"transform_records_out_total{output="dlq"}"#, 2.0),
         ("transform_batch_duration_seconds_count", 1.0),
-        (r#"loader_records_in_total{source="normalized"}"#, n + 1.0),
-        (r#"loader_records_in_total{source="dlq"}"#, 1.0),
+        (r#"loader_records_in_total{source="normalized"}"#, n + 2.0),
+        (r#"loader_records_in_total{source="dlq"}"#, 2.0),
         (
             r#"loader_rows_written_total{table="raw_events_store_v2"}"#,
-            n + 1.0,
+            n + 2.0,
         ),
         (
             r#"loader_rows_written_total{table="call_events_store_v2"}"#,
@@ -83,10 +87,10 @@ async fn the_key_counters_move_when_events_flow() {
         ),
         (
             r#"loader_rows_written_total{table="dead_letters_store_v2"}"#,
-            1.0,
+            2.0,
         ),
         ("loader_insert_duration_seconds_count", 1.0),
-        ("loader_event_delay_seconds_count", n + 1.0),
+        ("loader_event_delay_seconds_count", n + 2.0),
     ];
     // A write's metrics are updated just after its rows become visible: poll briefly.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

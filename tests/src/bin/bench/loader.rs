@@ -267,7 +267,8 @@ async fn load(
 }
 
 /// Where the loader waited on ClickHouse (`loader_clickhouse_seconds_total` by step)
-/// over a run of `wall` seconds, largest first.
+/// over a run of `wall` seconds, largest first. The typed tables' inserts of a block run
+/// at once, so their seconds overlap and the sum may exceed the time the loader waited.
 fn waited(counters: &std::collections::HashMap<String, f64>, wall: f64) -> String {
     let prefix = format!("{}{{step=\"", loader::metrics::CLICKHOUSE_SECONDS_TOTAL);
     let mut steps: Vec<(&str, f64)> = counters
@@ -284,7 +285,8 @@ fn waited(counters: &std::collections::HashMap<String, f64>, wall: f64) -> Strin
         .map(|(step, seconds)| format!("{step} {seconds:.2}"))
         .collect();
     format!(
-        "the loader waited on ClickHouse {total:.1} s of its {wall:.1} s (seconds by step: {})",
+        "requests to ClickHouse took {total:.1} s in all during the loader's {wall:.1} s \
+         (concurrent ones each counted; seconds by step: {})",
         parts.join(", ")
     )
 }
