@@ -88,7 +88,7 @@ scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-
 log "end-to-end tests whose behaviour differs by server version, on a current engine (chdb at $CHDB_URL)"
 CLICKHOUSE_URL=$CHDB_URL cargo test -p tests --locked \
     --test call_ended --test bad_rows --test crash_restart --test replay --test topic_reset \
-    --test schema_version
+    --test schema_version --test erasure --test retention --test field_discovery
 
 log "chaos harness, short run on the current engine (inserts stored twice counted too)"
 scripts/chaos --events 3000 --rate 100 --clickhouse-outage-s 10 --broker-outage-s 5 --clickhouse-service chdb

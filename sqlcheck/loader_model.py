@@ -25,6 +25,8 @@ OLD_TO_NEW = {
     "contact_list_events_store": "contact_list_events_store_v2",
     "message_events_store": "message_events_store_v2",
     "dead_letters_store": "dead_letters_store_v2",
+    # 0008: no old table; the same name.
+    "unmapped_fields_store": "unmapped_fields_store",
 }
 TYPED = {
     "call_events_store": ("call", "call_id"),
@@ -80,6 +82,9 @@ class Loader:
         for row in tables.get("raw_events_store", []):
             if kept(row):
                 out["raw_events_store_v2"].append(new_row(row))
+        for row in tables.get("unmapped_fields_store", []):
+            if kept(row):
+                out["unmapped_fields_store"].append(new_row(row))
         for row in tables.get("dead_letters_store", []):
             out["dead_letters_store_v2"].append(new_row(row))
         return out

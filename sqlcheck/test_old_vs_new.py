@@ -122,7 +122,10 @@ def baseline_dashboard(path):
 
 def cases():
     for path in DASHBOARDS:
+        frozen = BASELINE["dashboards"].get(path.stem, {}).get("panels", {})
         for title, _ in clickhouse_panels(load(path)):
+            if title not in frozen:
+                continue  # a panel added after 0007 has no old answer to match
             for selected in (None, {"tenant": ["acme"]}):
                 yield pytest.param(path, title, selected, id=f"{path.stem}:{title}:{'acme' if selected else 'all'}")
 
@@ -157,7 +160,7 @@ def test_variables_list_the_tenant_and_window_values(pair, selected):
             assert [list(r.values()) for r in old] == [list(r.values()) for r in new], f"{path.stem}: {var['name']}"
 
 
-@pytest.mark.parametrize("path", ANALYTICS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in ANALYTICS if p.name in BASELINE["analytics"]], ids=lambda p: p.stem)
 def test_analytics_match(pair, path):
     old = pair.run(BASELINE["analytics"][path.name].replace("switchboard.", f"{pair.old}."))
     new = pair.run(path.read_text().replace("switchboard.", f"{pair.new}."))

@@ -123,7 +123,8 @@ def test_migrations_apply_and_apply_again(engine, db):
     apply_all(engine, db)
     tables = {r[0] for r in rows(engine, f"SELECT name FROM system.tables WHERE database = '{db}'")}
     assert {"raw_events", "raw_events_store_v2", "call_events", "call_events_store_v2", "calls", "calls_state",
-            "call_agents", "contacts", "contact_lists", "messages", "dead_letters", "entity_keys", "tenant_days"} <= tables
+            "call_agents", "contacts", "contact_lists", "messages", "dead_letters", "entity_keys", "tenant_days",
+            "unmapped_fields_store", "unmapped_fields_state", "unmapped_fields", "erasures"} <= tables
 
 
 def insert(engine, db, table, new_rows):
@@ -465,8 +466,9 @@ def test_insert_deduplication_tokens_drop_a_repeated_block(engine, db):
 
 
 def test_raw_payload_retention(engine, db):
-    # README, "Retention": where TTL exists, a column TTL empties old payloads; on 18.16 the
-    # same is done per month with CLEAR COLUMN. Counts and statuses stay.
+    # README, "Retention": where TTL exists, a column TTL empties old payloads (the loader
+    # sets it); on 18.16 `loader retention --apply` runs the same as an UPDATE mutation.
+    # Counts and statuses stay. tests/tests/retention.rs runs the loader's own statements.
     apply_all(engine, db)
     now = int(time.time())
     raw = {"tenant": "acme", "event": "call-ended", "status": "normalized", "payload": '{"id": 1}', "loaded_at_ms": 1}
@@ -475,13 +477,52 @@ def test_raw_payload_retention(engine, db):
         {**raw, "event_id": "new", "received_at": now, "received_at_ms": now * 1000},
     ])
     if engine.name == "server":
-        engine.query(f"ALTER TABLE {db}.raw_events_store_v2 CLEAR COLUMN payload IN PARTITION 202601")
+        engine.query(f"ALTER TABLE {db}.raw_events_store_v2 UPDATE payload = '' "
+                     f"WHERE received_at < toDateTime({now - 30 * 86400}, 'UTC') AND payload != ''")
+        wait_for_mutations(engine, db)
     else:
-        engine.query(f"ALTER TABLE {db}.raw_events_store_v2 MODIFY COLUMN payload String TTL received_at + INTERVAL 30 DAY "
-                     "SETTINGS mutations_sync = 2")
+        engine.query(f"ALTER TABLE {db}.raw_events_store_v2 MODIFY COLUMN payload TTL received_at + toIntervalDay(30)")
         engine.query(f"OPTIMIZE TABLE {db}.raw_events_store_v2 FINAL")
     got = rows(engine, f"SELECT event_id, payload, status FROM {db}.raw_events ORDER BY event_id")
     assert got == [["new", '{"id": 1}', "normalized"], ["old", "", "normalized"]]
+
+
+def wait_for_mutations(engine, db):
+    """18.16 has no mutations_sync: poll until the database's mutations are done."""
+    for _ in range(100):
+        if rows(engine, f"SELECT count() FROM system.mutations WHERE database = '{db}' AND is_done = 0") == [["0"]]:
+            return
+        time.sleep(0.1)
+    raise AssertionError("mutations not done")
+
+
+def test_unmapped_fields_aggregate_per_path_idempotently(engine, db):
+    # One row per (delivery, path); the view counts distinct deliveries, keeps first and
+    # last receipt and the newest non-empty example, whatever is written twice.
+    apply_all(engine, db)
+
+    def field(event_id, at_s, path, example, kind="unmapped", expected="", found="", loaded_s=None):
+        return {"event_id": event_id, "tenant": "acme", "event": "call-ended", "received_at": at_s,
+                "received_at_ms": at_s * 1000, "kind": kind, "path": path, "expected": expected, "found": found,
+                "example": example, "loaded_at_ms": (loaded_s or at_s + 1) * 1000}
+
+    block = [
+        field("e1", T0, "queueName", '"Main"'),
+        field("e1", T0, "duration", '"26"', kind="mistyped", expected="integer", found="string"),
+        field("e2", T0 + 86400, "queueName", '"Overflow"'),
+    ]
+    insert(engine, db, "unmapped_fields_store", block)
+    insert(engine, db, "unmapped_fields_store", block)  # a redone block
+    insert(engine, db, "unmapped_fields_store", [field("e3", T0 + 60, "queueName", "")])  # an erased example
+    query = (f"SELECT path, kind, expected, found, deliveries, toUnixTimestamp(first_seen), toUnixTimestamp(last_seen), example "
+             f"FROM {db}.unmapped_fields WHERE tenant = 'acme' ORDER BY path")
+    want = [
+        ["duration", "mistyped", "integer", "string", "1", str(T0), str(T0), '"26"'],
+        ["queueName", "unmapped", "", "", "3", str(T0), str(T0 + 86400), '"Overflow"'],
+    ]
+    assert rows(engine, query) == want
+    engine.query(f"OPTIMIZE TABLE {db}.unmapped_fields_state FINAL")
+    assert rows(engine, query) == want
 
 
 def test_statement_splitting_matches_the_loader():

@@ -22,6 +22,8 @@ OLD_TABLES = [
     "raw_events_store", "call_events_store", "contact_events_store",
     "contact_list_events_store", "message_events_store", "dead_letters_store",
 ]
+# Tables that only the current schema has (no old equivalent): loaded by `load_new` only.
+NEW_TABLES = ["unmapped_fields_store"]
 
 
 def simulate_bin() -> str:
@@ -38,8 +40,8 @@ def simulate(tenant: str, hours: int, seed: int = 42) -> dict[str, list[dict]]:
         subprocess.run([simulate_bin(), "--seed", str(seed), "rows", "--out", out, "--hours", str(hours),
                         "--tenant", tenant], check=True, capture_output=True)
         tables = {}
-        for name in OLD_TABLES:
-            path = Path(out) / f"{name}_v2.jsonl"
+        for name in OLD_TABLES + NEW_TABLES:
+            path = Path(out) / (f"{name}.jsonl" if name in NEW_TABLES else f"{name}_v2.jsonl")
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
             for row in rows:
                 row.pop("key_day", None)
@@ -105,7 +107,7 @@ def derive(tables: dict[str, list[dict]], seed: int = 1, blocks: int = 6) -> lis
     everything = sorted(((when(name, row), name, row) for name, rows in tables.items() for row in rows),
                         key=lambda t: t[0])
     cuts = [everything[len(everything) * i // blocks][0] for i in range(1, blocks)] if everything else []
-    out: list[dict[str, list[dict]]] = [{name: [] for name in OLD_TABLES} for _ in range(blocks)]
+    out: list[dict[str, list[dict]]] = [{name: [] for name in tables} for _ in range(blocks)]
     for at, name, row in everything:
         i = sum(at >= c for c in cuts)
         out[i][name].append(row)
@@ -137,7 +139,8 @@ def load_old(engine, db: str, blocks) -> None:
     """What the loader wrote before 0007: every row of every block."""
     for block in blocks:
         for name, rows in block.items():
-            insert_json(engine, db, name, rows)
+            if name in OLD_TABLES:
+                insert_json(engine, db, name, rows)
 
 
 def load_new(engine, db: str, blocks) -> Loader:

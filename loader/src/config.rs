@@ -34,9 +34,15 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9102")]
     pub metrics_listen: String,
     #[command(flatten)]
+    pub retention: RetentionArgs,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub topics: TopicArgs,
+    /// The erasure list (compacted), which `loader erase` adds to and `transform` reads.
+    #[arg(long, env = "KAFKA_TOPIC_ERASURES", default_value = "webhooks.erasures",
+          value_parser = runtime::kafka::topic)]
+    pub erasures_topic: String,
     #[command(flatten)]
     pub log: LogArgs,
     #[command(subcommand)]
@@ -49,6 +55,40 @@ pub enum Command {
     /// Create the database and apply the migrations it has not seen, then exit (the
     /// service also does this at start on a single server).
     Migrate,
+    /// Show how the retention settings apply to this server and what they would empty;
+    /// with --apply, apply them: column TTLs on servers that have them (the service also
+    /// sets those at start), mutations on ClickHouse 18.16 (run it daily there).
+    Retention(crate::retention::RetentionCommand),
+    /// Erase one person of one tenant everywhere analysts can read it, add them to the
+    /// erasure list so no replay or late delivery brings them back, and record it.
+    Erase(crate::erase::EraseArgs),
+}
+
+/// How long personal texts are kept (days; 0 keeps them for ever).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RetentionArgs {
+    /// Raw webhook bodies (`raw_events.payload`, and the field examples cut from them).
+    #[arg(long = "retention-raw-payload-days", env = "RETENTION_RAW_PAYLOAD_DAYS",
+          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub raw_payload_days: u32,
+    /// Dead-letter payloads (`dead_letters.payload`).
+    #[arg(long = "retention-dead-letter-payload-days", env = "RETENTION_DEAD_LETTER_PAYLOAD_DAYS",
+          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub dead_letter_payload_days: u32,
+    /// Text messages' text (`messages.text`), counted from the message's day.
+    #[arg(long = "retention-message-text-days", env = "RETENTION_MESSAGE_TEXT_DAYS",
+          default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pub message_text_days: u32,
+}
+
+impl RetentionArgs {
+    pub fn settings(&self) -> warehouse::retention::Retention {
+        warehouse::retention::Retention {
+            raw_payload_days: self.raw_payload_days,
+            dead_letter_payload_days: self.dead_letter_payload_days,
+            message_text_days: self.message_text_days,
+        }
+    }
 }
 
 /// How to reach ClickHouse.
@@ -288,6 +328,16 @@ mod tests {
             error.contains("--clickhouse-database") && error.contains("switch-board"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn retention_defaults_to_keeping_everything_and_names_a_bad_setting() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.retention.settings(), Default::default());
+        let config = parse(&["--retention-message-text-days", "30"]).unwrap();
+        assert_eq!(config.retention.message_text_days, 30);
+        let error = parse(&["--retention-raw-payload-days=-1"]).unwrap_err();
+        assert!(error.contains("--retention-raw-payload-days"), "{error}");
     }
 
     #[test]

@@ -14,12 +14,15 @@
 //! [`write`] writes one batch (retries, refused rows, the DLQ), [`sink`] is ClickHouse
 //! (connection, migrations, what the server supports, inserts).
 
+mod admin;
 pub mod batch;
 pub mod block;
 pub mod config;
 pub mod consume;
+pub mod erase;
 pub mod known;
 pub mod metrics;
+pub mod retention;
 pub mod sink;
 pub mod write;
 
@@ -45,6 +48,11 @@ pub enum RunError {
     Topics(#[from] runtime::TopicError),
     #[error(transparent)]
     Metrics(#[from] runtime::metrics::ServeError),
+    #[error(transparent)]
+    Erase(#[from] erase::EraseError),
+    /// Mutations and state rebuilds would have to run ON CLUSTER on the local tables.
+    #[error("loader {0} does not run in a cluster (CLICKHOUSE_CLUSTER) yet: see README, \"{1}\"")]
+    NotInCluster(&'static str, &'static str),
 }
 
 /// How long the loader keeps trying to reach ClickHouse at start before giving up.
@@ -64,6 +72,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     let Some(sink) = connect(&config, schema, &shutdown).await? else {
         return Ok(());
     };
+    let retention = config.retention.settings();
+    if sink.cluster().is_some() {
+        if retention != Default::default() {
+            tracing::warn!(
+                "RETENTION_* settings are not applied in a cluster yet (README, Retention)"
+            );
+        }
+    } else if sink.ttl {
+        retention::apply_ttls(&sink, retention).await?;
+    } else if retention != Default::default() {
+        tracing::warn!(
+            "This ClickHouse has no TTL: RETENTION_* settings are applied only by `loader retention --apply`; run it daily"
+        );
+    }
     let topics = &config.topics;
     config
         .kafka
@@ -106,7 +128,7 @@ pub async fn migrate(config: &Config, shutdown: &CancellationToken) -> Result<u3
 }
 
 /// Connects to ClickHouse, retrying while it is starting up; `None` on shutdown.
-async fn connect(
+pub(crate) async fn connect(
     config: &Config,
     schema: Schema,
     shutdown: &CancellationToken,

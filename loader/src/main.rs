@@ -19,6 +19,53 @@ async fn main() -> anyhow::Result<()> {
                 config.clickhouse.database
             );
         }
+        Some(loader::config::Command::Retention(ref command)) => {
+            for line in loader::retention::run(&config, command, &shutdown).await? {
+                println!(
+                    "{}.{} ({} days): {}{}",
+                    line.table,
+                    line.column,
+                    line.days,
+                    line.found,
+                    if line.done.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", line.done)
+                    }
+                );
+            }
+        }
+        Some(loader::config::Command::Erase(ref args)) => {
+            let Some(report) = loader::erase::erase(&config, args, &shutdown).await? else {
+                return Ok(());
+            };
+            if report.rows.is_empty() {
+                println!(
+                    "nothing stored for tenant {} matches contact ids {:?} or phone numbers {:?}: nothing was changed",
+                    args.tenant, report.contact_ids, report.phones
+                );
+                return Ok(());
+            }
+            println!(
+                "erasure {} for tenant {}: contact ids {:?}, phone numbers {:?}, {} of their calls; \
+                 {} rows redacted ({})",
+                report.request_id,
+                args.tenant,
+                report.contact_ids,
+                report.phones,
+                report.call_ids.len(),
+                report.total_rows(),
+                report
+                    .rows
+                    .iter()
+                    .map(|(table, n)| format!("{table} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if let Some(warning) = report.warning {
+                anyhow::bail!("{warning}");
+            }
+        }
     }
     Ok(())
 }

@@ -362,9 +362,9 @@ impl Writer {
         answer
     }
 
-    /// Writes a batch, one insert per storage table: the typed tables and the dead
-    /// letters at once (their inserts are independent; the server runs each in a thread
-    /// of its own), then `raw_events_store_v2`, so that an event in `raw_events` has its
+    /// Writes a batch, one insert per storage table: the typed tables, the dead letters
+    /// and the field reports at once (their inserts are independent; the server runs
+    /// each in a thread of its own), then `raw_events_store_v2`, so that an event in `raw_events` has its
     /// typed rows in place too. Each insert has a deduplication token derived from
     /// `block` where the server supports tokens. Rows the server refuses for their
     /// values are returned; the rest is written. Idempotent: writing the same batch again
@@ -372,15 +372,25 @@ impl Writer {
     async fn write_tables(&self, batch: &Batch, block: &str) -> Result<Vec<Rejected>, SinkError> {
         let t = &batch.tables;
         let token = self.sink.dedup_tokens.then_some(block);
-        let (calls, contacts, contact_lists, messages, dead_letters) = tokio::try_join!(
+        let (calls, contacts, contact_lists, messages, dead_letters, unmapped) = tokio::try_join!(
             self.insert_isolating(&t.calls, token),
             self.insert_isolating(&t.contacts, token),
             self.insert_isolating(&t.contact_lists, token),
             self.insert_isolating(&t.messages, token),
             self.insert_isolating(&t.dead_letters, token),
+            self.insert_isolating(&t.unmapped, token),
         )?;
         let raw = self.insert_isolating(&t.raw, token).await?;
-        Ok([calls, contacts, contact_lists, messages, dead_letters, raw].concat())
+        Ok([
+            calls,
+            contacts,
+            contact_lists,
+            messages,
+            dead_letters,
+            unmapped,
+            raw,
+        ]
+        .concat())
     }
 
     /// Inserts `rows`; on a bad-data refusal, splits them in halves until the refused

@@ -80,11 +80,12 @@ pub(crate) fn read(
 
 /// The line's alias, or the label in parentheses of `numberWithAlias` ("+1555 (Sales)").
 fn line_alias(line: &Map<String, Value>) -> String {
+    // Both are read whatever the first holds, so neither shows up as unmapped.
     let alias = string(field(line, "alias"));
+    let with_alias = string(field(line, "numberWithAlias"));
     if !alias.is_empty() {
         return alias;
     }
-    let with_alias = string(field(line, "numberWithAlias"));
     match (with_alias.find('('), with_alias.rfind(')')) {
         (Some(open), Some(close)) if open < close => with_alias[open + 1..close].trim().to_owned(),
         _ => String::new(),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use schemas::{ContactListRecord, ContactRecord};
 
 use crate::entity::{contact_id, list_id};
-use crate::lenient::{field, first, instant, int, items, non_negative, object, string};
+use crate::lenient::{field, first, free_form, instant, int, items, non_negative, object, string};
 
 /// A contact; `None` without a usable integer id.
 pub(crate) fn read_contact(c: &Map<String, Value>) -> Option<ContactRecord> {
@@ -27,11 +27,11 @@ pub(crate) fn read_contact(c: &Map<String, Value>) -> Option<ContactRecord> {
         )),
         created_at: created.map(|(ms, _)| ms),
         utc_offset_s: created.and_then(|(_, o)| o),
-        additional_fields: json_object(first(
+        additional_fields: free_form(first(
             c,
             &["additionalFields", "additional_fields", "customFields"],
         )),
-        integrations: json_object(field(c, "integrations")),
+        integrations: free_form(field(c, "integrations")),
     })
 }
 
@@ -79,14 +79,6 @@ pub(crate) fn read_list(l: &Map<String, Value>) -> Option<ContactListRecord> {
         created_at: created.map(|(ms, _)| ms),
         utc_offset_s: created.and_then(|(_, o)| o),
     })
-}
-
-/// An object as compact JSON text; `{}` for anything that is not a non-empty object.
-fn json_object(value: &Value) -> String {
-    match object(value) {
-        Some(map) if !map.is_empty() => Value::Object(map.clone()).to_string(),
-        _ => "{}".to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use schemas::{Entity, EventKind};
 
-use crate::lenient::{field, first, int, object, string};
+use crate::lenient::{field, first, id_text, int, object};
 
 /// An entity's id: an integer for calls, contacts and lists; any text for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub fn entity_ref(kind: EventKind, body: &Value) -> Option<(Entity, Id)> {
 
 /// The object to read: the body, or the object under `wrapper` (or `data`) when the body
 /// has no `id` of its own but wraps the entity.
-fn unwrap<'a>(body: &'a Map<String, Value>, wrapper: &str) -> &'a Map<String, Value> {
+fn unwrap<'a>(body: &'a Map<String, Value>, wrapper: &'static str) -> &'a Map<String, Value> {
     if body.contains_key("id") {
         return body;
     }
@@ -94,7 +94,7 @@ pub(crate) fn list_id(l: &Map<String, Value>) -> Option<i64> {
 
 /// A message's id: any non-empty text or number of at most 128 characters.
 pub(crate) fn message_id(m: &Map<String, Value>) -> Option<String> {
-    let id = string(first(m, &["id", "messageId", "message_id", "sid", "uuid"]));
+    let id = id_text(first(m, &["id", "messageId", "message_id", "sid", "uuid"]));
     (!id.is_empty() && id.len() <= 128).then_some(id)
 }
 

@@ -4,18 +4,31 @@
 //! it cannot use: `null`, `""`, `{}`, `[]`, the literal string `"null"`, numbers sent as
 //! strings and strings sent as numbers, a one-element array where a scalar was expected,
 //! an object where an array was expected and the reverse.
+//!
+//! Every reader also notes what it read and the JSON kinds it expected (see
+//! `discovery`): the keys it asks for, the values it reads, the free-form objects it
+//! takes whole. That is how field discovery knows, without a second list of field names,
+//! which parts of a body nothing reads. Keys are `&'static str` because every key a
+//! reader asks for is written in the code.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::discovery::{note_expected, note_key, note_whole, Kinds};
+
 /// The field `key` of `map`, or `null` when absent, so every reader sees a value.
-pub(crate) fn field<'a>(map: &'a Map<String, Value>, key: &str) -> &'a Value {
+pub(crate) fn field<'a>(map: &'a Map<String, Value>, key: &'static str) -> &'a Value {
+    note_key(map, key);
     map.get(key).unwrap_or(&Value::Null)
 }
 
 /// The first of `keys` that `map` has with a value other than `null`, `""`, `{}` or `[]`
-/// (payloads whose field names are not documented use any of several spellings).
-pub(crate) fn first<'a>(map: &'a Map<String, Value>, keys: &[&str]) -> &'a Value {
+/// (payloads whose field names are not documented use any of several spellings). Every
+/// spelling counts as read, also those after the one chosen: they are known names.
+pub(crate) fn first<'a>(map: &'a Map<String, Value>, keys: &[&'static str]) -> &'a Value {
+    for key in keys {
+        note_key(map, key);
+    }
     keys.iter()
         .filter_map(|key| map.get(*key))
         .find(|value| !is_empty(value))
@@ -42,23 +55,30 @@ fn scalar(value: &Value) -> &Value {
 
 /// An integer: a JSON integer, an integral float, or a string holding one.
 pub(crate) fn int(value: &Value) -> Option<i64> {
+    note_expected(value, Kinds::INTEGER);
+    parse_int(value)
+}
+
+fn parse_int(value: &Value) -> Option<i64> {
     match scalar(value) {
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
                 .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
                 .map(|f| f as i64)
         }),
-        Value::String(s) => {
-            let s = s.trim();
-            s.parse::<i64>().ok().or_else(|| {
-                s.parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15)
-                    .map(|f| f as i64)
-            })
-        }
+        Value::String(s) => parse_int_text(s),
         _ => None,
     }
+}
+
+fn parse_int_text(s: &str) -> Option<i64> {
+    let s = s.trim();
+    s.parse::<i64>().ok().or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
 }
 
 /// A non-negative integer, e.g. a duration in seconds.
@@ -68,6 +88,7 @@ pub(crate) fn non_negative(value: &Value) -> Option<i64> {
 
 /// Trimmed text: a string, or a number or boolean written out. `"null"` counts as empty.
 pub(crate) fn string(value: &Value) -> String {
+    note_expected(value, Kinds::STRING);
     match scalar(value) {
         Value::String(s) => {
             let s = s.trim();
@@ -83,8 +104,17 @@ pub(crate) fn string(value: &Value) -> String {
     }
 }
 
+/// An identifier that is text or a number alike (a message id): read like [`string`],
+/// and neither kind is unexpected.
+pub(crate) fn id_text(value: &Value) -> String {
+    note_expected(value, Kinds::INTEGER);
+    string(value)
+}
+
 /// A flag: a boolean, a number (non-zero is true), or a string such as `1`, `true`, `yes`.
 pub(crate) fn flag(value: &Value) -> Option<bool> {
+    // NectarDesk documents its flags as integers 0/1.
+    note_expected(value, Kinds::BOOLEAN.or(Kinds::INTEGER));
     match scalar(value) {
         Value::Bool(b) => Some(*b),
         Value::Number(n) => n.as_f64().map(|f| f != 0.0),
@@ -99,6 +129,7 @@ pub(crate) fn flag(value: &Value) -> Option<bool> {
 
 /// An object: the object itself, or the first object of an array.
 pub(crate) fn object(value: &Value) -> Option<&Map<String, Value>> {
+    note_expected(value, Kinds::OBJECT);
     match value {
         Value::Object(map) => Some(map),
         Value::Array(items) => items.iter().find_map(Value::as_object),
@@ -106,9 +137,20 @@ pub(crate) fn object(value: &Value) -> Option<&Map<String, Value>> {
     }
 }
 
+/// A free-form object (custom fields, integrations) as compact JSON text; `{}` for
+/// anything that is not a non-empty object. Whatever it holds counts as mapped.
+pub(crate) fn free_form(value: &Value) -> String {
+    note_whole(value);
+    match object(value) {
+        Some(map) if !map.is_empty() => Value::Object(map.clone()).to_string(),
+        _ => "{}".to_owned(),
+    }
+}
+
 /// The elements of a list: an array's items, an object's values (an object sent where an
 /// array was expected), or a single non-empty value as a list of one.
 pub(crate) fn items(value: &Value) -> Vec<&Value> {
+    note_expected(value, Kinds::ARRAY);
     match value {
         Value::Array(items) => items.iter().collect(),
         Value::Object(map) => map.values().collect(),
@@ -121,14 +163,23 @@ pub(crate) fn items(value: &Value) -> Vec<&Value> {
 /// A list of objects: an array's objects, the values of an object of objects, or a single
 /// object standing alone where a list of them was expected.
 pub(crate) fn objects(value: &Value) -> Vec<&Map<String, Value>> {
-    match value {
-        Value::Array(items) => items.iter().filter_map(Value::as_object).collect(),
+    note_expected(value, Kinds::ARRAY);
+    let elements: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
         Value::Object(map) if !map.is_empty() && map.values().all(Value::is_object) => {
-            map.values().filter_map(Value::as_object).collect()
+            map.values().collect()
         }
-        Value::Object(map) if !map.is_empty() => vec![map],
+        // A single object: the list itself is what is mistyped, not an element.
+        Value::Object(map) if !map.is_empty() => return vec![map],
         _ => Vec::new(),
-    }
+    };
+    elements
+        .into_iter()
+        .filter_map(|element| {
+            note_expected(element, Kinds::OBJECT);
+            element.as_object()
+        })
+        .collect()
 }
 
 /// A list of non-empty strings.
@@ -145,6 +196,7 @@ pub(crate) fn strings(value: &Value) -> Vec<String> {
 /// `T`, a local time without offset (taken as UTC, offset unknown), and Unix seconds or
 /// milliseconds as a number.
 pub(crate) fn instant(value: &Value) -> Option<(i64, Option<i32>)> {
+    note_expected(value, Kinds::STRING.or(Kinds::INTEGER));
     match scalar(value) {
         Value::String(s) => {
             let s = s.trim();
@@ -162,9 +214,9 @@ pub(crate) fn instant(value: &Value) -> Option<(i64, Option<i32>)> {
                     return Some((t.and_utc().timestamp_millis(), None));
                 }
             }
-            epoch(int(&Value::String(s.to_owned()))?)
+            epoch(parse_int_text(s)?)
         }
-        Value::Number(_) => epoch(int(value)?),
+        Value::Number(_) => epoch(parse_int(value)?),
         _ => None,
     }
 }

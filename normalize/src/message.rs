@@ -36,15 +36,21 @@ pub(crate) fn read(kind: EventKind, m: &Map<String, Value>) -> Option<MessageRec
         sent_at: sent.map(|(ms, _)| ms),
         utc_offset_s: sent.and_then(|(_, o)| o),
         status: string(field(m, "status")).to_ascii_lowercase(),
+        // Each alternative is read whether or not the first one has a value, so that
+        // none of them shows up as unmapped (field discovery).
         contact_id: contact
             .and_then(|c| int(field(c, "id")))
-            .or_else(|| int(first(m, &["contactId", "contact_id"]))),
+            .or(int(first(m, &["contactId", "contact_id"]))),
         agent_id: agent
             .and_then(|a| int(field(a, "id")))
-            .or_else(|| int(first(m, &["agentId", "agent_id", "userId"]))),
-        agent_name: agent
-            .map(|a| string(field(a, "name")))
-            .unwrap_or_else(|| string(first(m, &["agentName", "agent_name"]))),
+            .or(int(first(m, &["agentId", "agent_id", "userId"]))),
+        agent_name: [
+            agent.map(|a| string(field(a, "name"))).unwrap_or_default(),
+            string(first(m, &["agentName", "agent_name"])),
+        ]
+        .into_iter()
+        .find(|name| !name.is_empty())
+        .unwrap_or_default(),
     })
 }
 

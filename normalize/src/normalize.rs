@@ -5,13 +5,16 @@ use serde_json::Value;
 
 use schemas::{Entity, EventKind, NormalizedEvent, RawEnvelope, Status};
 
+use crate::discovery::Recording;
 use crate::entity::Target;
 use crate::identity::top_level_id;
 use crate::{call, contact, message};
 
 /// Normalizes one delivery. Never fails and never panics: an event that cannot be
 /// understood comes back with status [`Status::Invalid`] or [`Status::Unrecognized`] and
-/// the reason in `error`, and the raw payload is always kept.
+/// the reason in `error`, and the raw payload is always kept. A normalized event also
+/// says what of its body nothing read, or read with another type than expected
+/// (`field_report`, see `discovery`).
 pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
     let mut out = NormalizedEvent {
         event_id: envelope.event_id.clone(),
@@ -28,6 +31,7 @@ pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
         contact: None,
         contact_list: None,
         message: None,
+        field_report: None,
     };
     let kind = EventKind::from_slug(&envelope.event);
     if let Some(kind) = kind {
@@ -37,20 +41,31 @@ pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
         Ok(body) => body,
         Err(e) => return invalid(out, format!("body is not valid JSON: {e}")),
     };
+    let recording = Recording::start();
+    read(&mut out, kind, &body);
+    let report = recording.finish(&body);
+    if out.status == Status::Normalized {
+        out.field_report = Some(report);
+    }
+    out
+}
+
+/// Reads the parsed body into `out`, or says why it cannot.
+fn read(out: &mut NormalizedEvent, kind: Option<EventKind>, body: &Value) {
     let Some(kind) = kind else {
         out.status = Status::Unrecognized;
-        out.entity_id = top_level_id(&body).unwrap_or_default();
-        out.error = if envelope.event.is_empty() {
+        out.entity_id = top_level_id(body).unwrap_or_default();
+        out.error = if out.event.is_empty() {
             "the delivery named no event".to_owned()
         } else {
-            format!("unrecognized event {:?}", envelope.event)
+            format!("unrecognized event {:?}", out.event)
         };
-        return out;
+        return;
     };
     let Some(fields) = body.as_object() else {
-        return invalid(
+        return mark_invalid(
             out,
-            format!("body is a JSON {}, expected an object", type_name(&body)),
+            format!("body is a JSON {}, expected an object", type_name(body)),
         );
     };
     // The same reader gives the Kafka key (see `identity::kafka_key`).
@@ -62,7 +77,7 @@ pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
         } else {
             "integer id"
         };
-        return invalid(
+        return mark_invalid(
             out,
             format!("{} event has no usable {what}", entity.as_str()),
         );
@@ -84,12 +99,15 @@ pub fn normalize(envelope: &RawEnvelope) -> NormalizedEvent {
         found.is_some(),
         "a reader refused an entity with a usable id"
     );
-    out
+}
+
+fn mark_invalid(out: &mut NormalizedEvent, error: String) {
+    out.status = Status::Invalid;
+    out.error = error;
 }
 
 fn invalid(mut out: NormalizedEvent, error: String) -> NormalizedEvent {
-    out.status = Status::Invalid;
-    out.error = error;
+    mark_invalid(&mut out, error);
     out
 }
 

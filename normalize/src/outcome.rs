@@ -4,6 +4,7 @@
 
 use schemas::{avro, DeadLetter, NormalizedEvent, Position, RawEnvelope, Stage, Status};
 
+use crate::erasure::{redact_event, redact_letter, Erasures};
 use crate::normalize;
 
 /// What a raw record becomes.
@@ -26,11 +27,19 @@ pub struct Encoded {
 }
 
 /// Decides for a raw envelope read at `position` under `key`: an invalid event is kept
-/// and also dead-lettered with the reason.
-pub fn process(envelope: &RawEnvelope, position: &Position, key: &[u8], now_ms: i64) -> Outcome {
-    let normalized = normalize(envelope);
+/// and also dead-lettered with the reason. What is about a person in `erasures` is
+/// redacted from both before anything leaves (see `erasure`).
+pub fn process(
+    envelope: &RawEnvelope,
+    position: &Position,
+    key: &[u8],
+    now_ms: i64,
+    erasures: &Erasures,
+) -> Outcome {
+    let mut normalized = normalize(envelope);
+    let matched = redact_event(&mut normalized, erasures);
     let dead_letter = (normalized.status == Status::Invalid).then(|| {
-        DeadLetter::of_record(
+        let mut letter = DeadLetter::of_record(
             Stage::Transform,
             normalized.error.clone(),
             position,
@@ -38,7 +47,9 @@ pub fn process(envelope: &RawEnvelope, position: &Position, key: &[u8], now_ms: 
             envelope.body.clone(),
             now_ms,
         )
-        .for_event(&envelope.event_id, &envelope.tenant, &envelope.event)
+        .for_event(&envelope.event_id, &envelope.tenant, &envelope.event);
+        redact_letter(&mut letter, erasures, matched);
+        letter
     });
     Outcome {
         normalized: Some(normalized),
@@ -47,21 +58,31 @@ pub fn process(envelope: &RawEnvelope, position: &Position, key: &[u8], now_ms: 
 }
 
 /// Decides for a record of `webhooks.raw` as read: one that does not decode as a raw
-/// envelope is dead-lettered as it was read.
-pub fn process_record(payload: &[u8], position: &Position, key: &[u8], now_ms: i64) -> Outcome {
+/// envelope is dead-lettered as it was read (emptied if it mentions an erased number).
+pub fn process_record(
+    payload: &[u8],
+    position: &Position,
+    key: &[u8],
+    now_ms: i64,
+    erasures: &Erasures,
+) -> Outcome {
     match avro::raw_envelope().decode(payload) {
-        Ok(envelope) => process(&envelope, position, key, now_ms),
-        Err(e) => Outcome {
-            normalized: None,
-            dead_letter: Some(DeadLetter::of_record(
+        Ok(envelope) => process(&envelope, position, key, now_ms, erasures),
+        Err(e) => {
+            let mut letter = DeadLetter::of_record(
                 Stage::Transform,
                 format!("undecodable raw envelope: {e}"),
                 position,
                 key,
                 payload.to_vec(),
                 now_ms,
-            )),
-        },
+            );
+            redact_letter(&mut letter, erasures, false);
+            Outcome {
+                normalized: None,
+                dead_letter: Some(letter),
+            }
+        }
     }
 }
 
@@ -109,6 +130,10 @@ fn encode_letter(letter: &DeadLetter) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn none() -> Erasures {
+        Erasures::default()
+    }
+
     fn position(partition: i32, offset: i64) -> Position {
         Position {
             topic: "raw".into(),
@@ -133,7 +158,13 @@ mod tests {
     #[test]
     fn a_call_becomes_one_normalized_record() {
         let p = position(0, 7);
-        let outcome = process_record(&raw("call-ended", r#"{"id": 1}"#), &p, b"acme:call:1", 5);
+        let outcome = process_record(
+            &raw("call-ended", r#"{"id": 1}"#),
+            &p,
+            b"acme:call:1",
+            5,
+            &none(),
+        );
         assert!(outcome.dead_letter.is_none());
         let encoded = outcome.encode(&p, b"acme:call:1", 5);
         let record = avro::normalized_event()
@@ -147,7 +178,8 @@ mod tests {
     #[test]
     fn an_invalid_event_is_kept_and_dead_lettered_with_the_reason() {
         let p = position(1, 9);
-        let encoded = process_record(&raw("call-ended", "[]"), &p, b"k", 5).encode(&p, b"k", 5);
+        let encoded =
+            process_record(&raw("call-ended", "[]"), &p, b"k", 5, &none()).encode(&p, b"k", 5);
         let record = avro::normalized_event()
             .decode(&encoded.normalized.unwrap())
             .unwrap();
@@ -166,9 +198,28 @@ mod tests {
     }
 
     #[test]
+    fn an_erased_persons_invalid_event_leaves_no_trace_in_either_output() {
+        let mut erasures = none();
+        erasures.add(&schemas::Erasure::of(
+            "acme",
+            &schemas::Subject::Phone("15557654321".into()),
+            "r1",
+            "dpo",
+            1,
+        ));
+        let p = position(0, 1);
+        let body = r#"{"contact": {"phone": "+1 (555) 765-4321"}}"#;
+        let outcome = process_record(&raw("call-ended", body), &p, b"k", 5, &erasures);
+        assert_eq!(outcome.normalized.unwrap().payload, "");
+        assert!(outcome.dead_letter.unwrap().payload.is_empty());
+        let kept = process_record(&raw("call-ended", body), &p, b"k", 5, &none());
+        assert_eq!(kept.normalized.unwrap().payload, body);
+    }
+
+    #[test]
     fn an_undecodable_record_is_dead_lettered_as_read() {
         let p = position(2, 3);
-        let outcome = process_record(b"{\"not\": \"avro\"}", &p, b"", 5);
+        let outcome = process_record(b"{\"not\": \"avro\"}", &p, b"", 5, &none());
         assert!(outcome.normalized.is_none());
         let letter = outcome.dead_letter.unwrap();
         assert!(

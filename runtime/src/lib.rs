@@ -1,6 +1,7 @@
 //! Plumbing the Switchboard services share: Kafka settings and topic set-up, logging, and
 //! shutdown on signals. Nothing here knows about webhooks, records or ClickHouse.
 
+mod compacted;
 pub mod kafka;
 pub mod logging;
 pub mod metrics;

@@ -15,6 +15,7 @@ use apache_avro::rabin::Rabin;
 use apache_avro::{write_avro_datum_ref, Schema};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::erasure::Erasure;
 use crate::records::{DeadLetter, NormalizedEvent, RawEnvelope};
 
 const MARKER: [u8; 2] = [0xC3, 0x01];
@@ -27,6 +28,7 @@ pub const RAW_ENVELOPE_SCHEMAS: &[&str] = &[include_str!("../avro/raw_envelope.v
 pub const NORMALIZED_EVENT_SCHEMAS: &[&str] = &[
     include_str!("../avro/normalized_event.v1.avsc"),
     include_str!("../avro/normalized_event.v2.avsc"),
+    include_str!("../avro/normalized_event.v3.avsc"),
 ];
 
 /// Every released schema of the dead letter, oldest first.
@@ -34,6 +36,9 @@ pub const DEAD_LETTER_SCHEMAS: &[&str] = &[
     include_str!("../avro/dead_letter.v1.avsc"),
     include_str!("../avro/dead_letter.v2.avsc"),
 ];
+
+/// Every released schema of the erasure record, oldest first.
+pub const ERASURE_SCHEMAS: &[&str] = &[include_str!("../avro/erasure.v1.avsc")];
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +178,13 @@ pub fn dead_letter() -> &'static Codec<DeadLetter> {
     &CODEC
 }
 
+/// The codec of [`Erasure`] (topic `webhooks.erasures`).
+pub fn erasure() -> &'static Codec<Erasure> {
+    static CODEC: LazyLock<Codec<Erasure>> =
+        LazyLock::new(|| Codec::new("erasure", ERASURE_SCHEMAS));
+    &CODEC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +300,57 @@ mod tests {
     }
 
     #[test]
+    fn a_field_report_round_trips_and_a_v2_record_decodes_without_one() {
+        let mut record = normalized(None);
+        record.field_report = Some(crate::FieldReport {
+            unmapped: vec![crate::UnmappedField {
+                path: "agents[].skill".into(),
+                example: r#""billing""#.into(),
+            }],
+            mistyped: vec![crate::MistypedField {
+                path: "duration".into(),
+                expected: "integer".into(),
+                found: "string".into(),
+                example: r#""26""#.into(),
+            }],
+        });
+        let codec = normalized_event();
+        assert_eq!(
+            codec.decode(&codec.encode(&record).unwrap()).unwrap(),
+            record
+        );
+        // What a v2 transform wrote: v3 only appends a union to the record, so a v3
+        // datum without a report (its last byte, the union's null branch) minus that
+        // byte is the v2 datum; the header names the v2 schema.
+        let mut v2_record = normalized(None);
+        v2_record.payload = "{}".into();
+        let mut bytes = codec.encode(&v2_record).unwrap();
+        assert_eq!(bytes.pop(), Some(0), "the null branch of field_report");
+        let v2 =
+            Codec::<NormalizedEvent>::new("normalized event v2", &NORMALIZED_EVENT_SCHEMAS[..2]);
+        bytes[2..HEADER_LEN].copy_from_slice(&v2.current_fingerprint);
+        let decoded = codec.decode(&bytes).unwrap();
+        assert_eq!(decoded.field_report, None);
+        assert_eq!(decoded.payload, "{}");
+    }
+
+    #[test]
+    fn an_erasure_round_trips() {
+        let record = crate::erasure::Erasure::of(
+            "acme",
+            &crate::erasure::Subject::Phone("15557654321".into()),
+            "r1",
+            "dpo@acme",
+            1_772_460_300_123,
+        );
+        let codec = erasure();
+        assert_eq!(
+            codec.decode(&codec.encode(&record).unwrap()).unwrap(),
+            record
+        );
+    }
+
+    #[test]
     fn a_record_written_with_schema_v1_still_decodes() {
         // What a v1 transform wrote: the v1 schema, no contact, list or message fields.
         let v1 =
@@ -325,6 +388,7 @@ mod tests {
             RAW_ENVELOPE_SCHEMAS,
             NORMALIZED_EVENT_SCHEMAS,
             DEAD_LETTER_SCHEMAS,
+            ERASURE_SCHEMAS,
         ] {
             for pair in versions.windows(2) {
                 let old: serde_json::Value = serde_json::from_str(pair[0]).unwrap();

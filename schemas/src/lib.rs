@@ -7,11 +7,14 @@
 //! HTTP belongs elsewhere.
 
 pub mod avro;
+pub mod erasure;
 pub mod event;
 pub mod records;
 
+pub use erasure::{Erasure, Subject};
 pub use event::{Entity, EventKind};
 pub use records::{
-    CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord,
-    NormalizedEvent, Position, RawEnvelope, Stage, Status,
+    CallAgent, CallRecord, ContactListRecord, ContactRecord, DeadLetter, FieldReport,
+    MessageRecord, MistypedField, NormalizedEvent, Position, RawEnvelope, Stage, Status,
+    UnmappedField,
 };

@@ -86,6 +86,40 @@ pub struct NormalizedEvent {
     pub contact_list: Option<ContactListRecord>,
     /// Schema v2.
     pub message: Option<MessageRecord>,
+    /// What the body holds that normalization did not read, or read with another JSON
+    /// type than it expected (schema v3); `None` for an event that was not normalized,
+    /// and for records written before v3.
+    pub field_report: Option<FieldReport>,
+}
+
+/// Field discovery for one delivery: paths with array indexes collapsed (`agents[].name`),
+/// each listed once, in path order, with an example value cut to 64 characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldReport {
+    /// Present in the body, read by no reader.
+    pub unmapped: Vec<UnmappedField>,
+    /// Read, but of another JSON type than the reader expected.
+    pub mistyped: Vec<MistypedField>,
+}
+
+/// A path of the body nothing reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmappedField {
+    pub path: String,
+    /// The value as compact JSON, cut.
+    pub example: String,
+}
+
+/// A path read with another JSON type than expected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MistypedField {
+    pub path: String,
+    /// The JSON kinds the reader expected, e.g. `integer`, `boolean or integer`.
+    pub expected: String,
+    /// The JSON kind found: `boolean`, `integer`, `number`, `string`, `array`, `object`.
+    pub found: String,
+    /// The value as compact JSON, cut.
+    pub example: String,
 }
 
 /// A NectarDesk call object, flattened. Times are Unix milliseconds (UTC); `utc_offset_s`

@@ -75,6 +75,13 @@ SHARD_KEYS = {
     # of the raw event (tenant, event_id), whatever this key says: a (tenant, day) may be
     # on several shards, and readers take DISTINCT (never FINAL) of it.
     "tenant_days": "cityHash64(tenant, day)",
+    # Migration 0008 (field discovery): a delivery's paths with its raw event. The state
+    # is fed by a view over the store, so, like tenant_days, its rows sit on the shard of
+    # the delivery whatever this key says; the reader view merges a path's states.
+    "unmapped_fields_store": "cityHash64(tenant, event_id)",
+    "unmapped_fields_state": "cityHash64(tenant, event, kind, path)",
+    # Migration 0009: the audit of erasures.
+    "erasures": "cityHash64(tenant, request_id)",
 }
 
 LOCAL_SUFFIX = "_local"

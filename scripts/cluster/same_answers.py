@@ -20,7 +20,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -45,9 +44,13 @@ NOW = int(time.time())
 FROM, TO = NOW - 86_400, NOW
 # Tenants of the traffic, each with its own seed offset.
 TENANTS = (("demo", 0), ("acme", 6))
-# Filled by a materialized view over raw events (placed by event), so a (tenant, day) may
-# be on every shard, by design: compared by distinct keys, not placed by its own key.
-VIEW_FED_ELSEWHERE = {"tenant_days": "tenant, day"}
+# Filled by a materialized view over per-delivery rows (placed by event), so a (tenant,
+# day) or a path's state may be on every shard, by design: compared by distinct keys, not
+# placed by their own key.
+VIEW_FED_ELSEWHERE = {
+    "tenant_days": "tenant, day",
+    "unmapped_fields_state": "tenant, event, kind, path, expected, found, day",
+}
 
 
 class Refused(Exception):
@@ -86,7 +89,7 @@ def traffic(hours, seed):
     and the entity keys it would have recorded."""
     blocks = []
     for tenant, offset in TENANTS:
-        tables = simulate(Path(tempfile.mkdtemp(prefix="sb-sa-")), tenant, hours, seed + offset)
+        tables = simulate(tenant, hours, seed + offset)
         blocks.extend(derive(tables, seed=seed + offset))
     loader = Loader()
     out = [loader.batch(block) for block in blocks]

@@ -44,7 +44,13 @@ pub fn write_rows(
             offset: i as i64,
         };
         // What transform decides for the record: the same function, the same rows.
-        let outcome = normalize::process(&envelope, &position, b"", delivery.at_ms + 500);
+        let outcome = normalize::process(
+            &envelope,
+            &position,
+            b"",
+            delivery.at_ms + 500,
+            &normalize::Erasures::default(),
+        );
         if let Some(letter) = outcome.dead_letter {
             tables.add_dead_letter(letter);
         }
@@ -59,6 +65,7 @@ pub fn write_rows(
     write(dir, &tables.contact_lists, "received_at")?;
     write(dir, &tables.messages, "received_at")?;
     write(dir, &tables.dead_letters, "failed_at")?;
+    write(dir, &tables.unmapped, "received_at")?;
     Ok(deliveries.len())
 }
 

@@ -211,10 +211,15 @@ impl Generator {
     }
 
     fn contact_body(&self, c: &Contact, at: i64) -> Value {
-        json!({
+        let mut body = json!({
             "id": c.id, "firstName": c.first, "lastName": c.last, "email": null, "phone": c.phone,
             "createDate": self.date(at), "additionalFields": {}, "integrations": {}
-        })
+        });
+        if c.id % 20 == 0 {
+            // A field this version does not map (see the Pipeline dashboard).
+            body["company"] = json!(format!("{} & Co", c.last));
+        }
+        body
     }
 
     fn create_lists(&mut self, at: i64, out: &mut Vec<Delivery>) {
@@ -290,6 +295,7 @@ impl Generator {
         } else {
             call["campaign"] = json!(CAMPAIGNS[self.rng.usize(..CAMPAIGNS.len())]);
         }
+        sender_quirks(id, &mut call);
         if self.chance(0.003) {
             self.push(
                 out,
@@ -436,6 +442,19 @@ impl Generator {
     }
 }
 
+/// What a real sender does now and then that the normalizer does not expect, so that the
+/// demo's "Fields we receive but do not map" panel has something to show: a field no
+/// reader maps (2% of calls) and a number sent as a string (1%). Decided by the call id,
+/// not the random generator, so the rest of the traffic is the same with or without.
+fn sender_quirks(call_id: i64, call: &mut Value) {
+    if call_id % 50 == 7 {
+        call["queueName"] = json!(["Main queue", "Overflow"][(call_id / 50 % 2) as usize]);
+    }
+    if call_id % 100 == 13 {
+        call["waitingTime"] = json!(call["waitingTime"].to_string());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +524,15 @@ mod tests {
                 .unwrap();
             assert!(ended.at_ms < recording.at_ms);
         }
+    }
+
+    #[test]
+    fn some_calls_carry_a_field_no_reader_maps() {
+        let deliveries = day(5);
+        let calls = deliveries.iter().filter(|d| d.event == "call-ended");
+        let with_queue = calls.filter(|d| d.body.get("queueName").is_some()).count();
+        assert!(with_queue > 0);
+        assert!(deliveries.iter().any(|d| d.body["waitingTime"].is_string()));
     }
 
     #[test]

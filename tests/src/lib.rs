@@ -181,6 +181,7 @@ impl Pipeline {
             &common,
             &[
                 format!("--group-id={name}-transform"),
+                format!("--erasures-topic={name}.erasures"),
                 "--delivery-timeout-ms=30000".into(),
                 "--metrics-listen=".into(),
             ],
@@ -190,6 +191,7 @@ impl Pipeline {
             &common,
             &[
                 format!("--group-id={name}-loader"),
+                format!("--erasures-topic={name}.erasures"),
                 format!("--clickhouse-url={}", services.clickhouse_url),
                 format!("--clickhouse-database={database}"),
                 "--clickhouse-compression=lz4".into(),

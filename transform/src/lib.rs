@@ -6,6 +6,8 @@
 //! At least once: a message's offset is stored only after everything it produced is
 //! acknowledged by Kafka. Duplicates this may cause are removed downstream by event id.
 
+mod discovery;
+pub mod erasures;
 pub mod metrics;
 mod replay;
 mod route;
@@ -21,8 +23,9 @@ use runtime::{KafkaArgs, LogArgs, TopicArgs};
 use schemas::Position;
 use tokio_util::sync::CancellationToken;
 
+pub use erasures::ErasureList;
 pub use replay::{replay, BadPoint, Point, ReplayArgs, Report};
-pub use route::{route, Output};
+pub use route::{Output, Router};
 
 /// Settings of the `transform` binary.
 #[derive(clap::Parser, Debug, Clone)]
@@ -52,6 +55,11 @@ pub struct Config {
     /// Address of the Prometheus `/metrics` endpoint, `host:port`; empty: none.
     #[arg(long, env = "METRICS_LISTEN", default_value = "127.0.0.1:9101")]
     pub metrics_listen: String,
+    /// The erasure list (compacted; written by `loader erase`): read whole before the
+    /// first record is normalized, then followed.
+    #[arg(long, env = "KAFKA_TOPIC_ERASURES", default_value = "webhooks.erasures",
+          value_parser = runtime::kafka::topic)]
+    pub erasures_topic: String,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -93,6 +101,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
         .await?;
     let metrics = metrics::Metrics::default();
     runtime::metrics::serve_configured(&config.metrics_listen, &metrics.registry, &shutdown)?;
+    // Nothing is normalized before the whole erasure list is known.
+    let Some(erasures) =
+        ErasureList::follow(&config.kafka, &config.erasures_topic, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    let mut router = Router::new(config.topics.clone(), erasures);
     let consumer = config
         .kafka
         .at_least_once_consumer(&config.group_id, metrics.lag.clone())?;
@@ -102,7 +117,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     consumer.subscribe(&[&topics.raw_topic])?;
     tracing::info!(topic = %topics.raw_topic, group = %config.group_id, "Transform consuming");
 
-    let result = consume(&config, &consumer, &producer, &metrics, &shutdown).await;
+    let result = consume(
+        &config,
+        &consumer,
+        &producer,
+        &mut router,
+        &metrics,
+        &shutdown,
+    )
+    .await;
     runtime::kafka::commit_on_exit(&consumer);
     result
 }
@@ -111,6 +134,7 @@ async fn consume(
     config: &Config,
     consumer: &StreamConsumer<LagContext>,
     producer: &FutureProducer,
+    router: &mut Router,
     metrics: &metrics::Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), RunError> {
@@ -151,8 +175,7 @@ async fn consume(
             runtime::trace::continue_trace(&span, runtime::trace::of_message(message).as_deref());
             let traceparent = runtime::trace::traceparent(&span);
             let outputs = span.in_scope(|| {
-                route(
-                    &config.topics,
+                router.route(
                     &position(message),
                     message.key(),
                     message.payload().unwrap_or_default(),

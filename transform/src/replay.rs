@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::{await_deliveries, enqueue, position, route, Config, RunError};
+use crate::{await_deliveries, enqueue, position, Config, ErasureList, Router, RunError};
 
 /// Settings of `transform replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -104,6 +104,15 @@ pub async fn replay(
         .set("enable.auto.commit", "false")
         .create()?;
     let ranges = ranges(&consumer, topic, from, until)?;
+    // Replayed history is redacted like live traffic: an erased person stays erased.
+    let follow = shutdown.child_token();
+    let _stop_following = follow.clone().drop_guard();
+    let Some(erasures) =
+        ErasureList::follow(&config.kafka, &config.erasures_topic, &follow).await?
+    else {
+        return Ok(Report::default());
+    };
+    let mut router = Router::new(config.topics.clone(), erasures);
     let producer = config
         .kafka
         .reliable_producer(Duration::from_millis(config.delivery_timeout_ms))?;
@@ -137,8 +146,7 @@ pub async fn replay(
             let span = tracing::info_span!("replay", partition, offset);
             runtime::trace::continue_trace(&span, runtime::trace::of_message(&message).as_deref());
             let traceparent = runtime::trace::traceparent(&span);
-            for output in route(
-                &config.topics,
+            for output in router.route(
                 &position(&message),
                 message.key(),
                 message.payload().unwrap_or_default(),

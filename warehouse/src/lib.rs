@@ -7,12 +7,17 @@
 //! and the benchmarks compute them without linking a Kafka or ClickHouse client. The
 //! `clickhouse` feature derives the `clickhouse` crate's `Row` for the loader.
 
+pub mod erasure;
+pub mod fields;
 pub mod layout;
 pub mod migrations;
 pub mod resolve;
+pub mod retention;
 pub mod rows;
+pub mod states;
 pub mod table;
 
+pub use fields::UnmappedFieldRow;
 pub use layout::Layout;
 pub use rows::{
     CallEventRow, ContactEventRow, ContactListEventRow, DeadLetterRow, MessageEventRow,

@@ -47,6 +47,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "analytics_state",
         sql: include_str!("../migrations/0007_analytics_state.sql"),
     },
+    Migration {
+        version: 8,
+        name: "unmapped_fields",
+        sql: include_str!("../migrations/0008_unmapped_fields.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "erasures",
+        sql: include_str!("../migrations/0009_erasures.sql"),
+    },
 ];
 
 /// Whether `statement` adds a column, so that "the column already exists" (code 15,

@@ -126,6 +126,9 @@ pub fn settle(tables: &mut Tables, stored: &impl Stored, now_ms: u64) -> Settled
     tables
         .messages
         .retain(|r| keep(&r.tenant, &r.event_id, r.received_at_ms));
+    tables
+        .unmapped
+        .retain(|r| keep(&r.tenant, &r.event_id, r.received_at_ms));
 
     // Days: stored ones, else assigned at the entity's first row in receipt order.
     let mut sights: Vec<(u64, Sight)> = Vec::new();
@@ -291,6 +294,13 @@ mod tests {
                 disposition_code: event_id.to_uppercase(),
                 ..CallRecord::default()
             }),
+            field_report: Some(schemas::FieldReport {
+                unmapped: vec![schemas::UnmappedField {
+                    path: "queueName".into(),
+                    example: "1".into(),
+                }],
+                mistyped: Vec::new(),
+            }),
             ..NormalizedEvent::default()
         }
     }
@@ -307,6 +317,16 @@ mod tests {
         let kept: Vec<&str> = tables.calls.iter().map(|r| r.event_id.as_str()).collect();
         assert_eq!(kept, ["e2"]);
         assert_eq!(tables.raw.len(), 1);
+        let paths: Vec<&str> = tables
+            .unmapped
+            .iter()
+            .map(|r| r.event_id.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            ["e2"],
+            "the duplicate's unmapped paths are dropped too"
+        );
     }
 
     #[test]

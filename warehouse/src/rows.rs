@@ -9,6 +9,7 @@ use schemas::{
     CallRecord, ContactListRecord, ContactRecord, DeadLetter, MessageRecord, NormalizedEvent,
 };
 
+use crate::fields::{self, UnmappedFieldRow};
 use crate::table::{StoreRow, Table};
 
 /// A row of `raw_events_store_v2`.
@@ -208,6 +209,7 @@ store_row!(
     ContactListEventRow => Table::ContactListEvents,
     MessageEventRow => Table::MessageEvents,
     DeadLetterRow => Table::DeadLetters,
+    UnmappedFieldRow => Table::UnmappedFields,
 );
 
 /// Rows waiting to be written, one list per storage table.
@@ -219,6 +221,7 @@ pub struct Tables {
     pub contact_lists: Vec<ContactListEventRow>,
     pub messages: Vec<MessageEventRow>,
     pub dead_letters: Vec<DeadLetterRow>,
+    pub unmapped: Vec<UnmappedFieldRow>,
 }
 
 /// What every row of one event shares.
@@ -241,6 +244,7 @@ impl Tables {
                 Table::ContactListEvents => self.contact_lists.len(),
                 Table::MessageEvents => self.messages.len(),
                 Table::DeadLetters => self.dead_letters.len(),
+                Table::UnmappedFields => self.unmapped.len(),
             };
             (table, rows)
         })
@@ -264,6 +268,9 @@ impl Tables {
             .iter_mut()
             .for_each(|r| r.loaded_at_ms = loaded_at_ms);
         self.dead_letters
+            .iter_mut()
+            .for_each(|r| r.loaded_at_ms = loaded_at_ms);
+        self.unmapped
             .iter_mut()
             .for_each(|r| r.loaded_at_ms = loaded_at_ms);
     }
@@ -299,6 +306,21 @@ impl Tables {
         if let Some(message) = event.message {
             bytes += 128 + message.text.len();
             self.messages.push(message_row(&origin, message));
+        }
+        if let Some(report) = event.field_report {
+            let delivery = fields::Delivery {
+                event_id: &origin.event_id,
+                tenant: &origin.tenant,
+                event: &origin.event,
+                received_at: origin.received_at,
+                received_at_ms: origin.received_at_ms,
+            };
+            let rows = fields::rows(&delivery, report);
+            bytes += rows
+                .iter()
+                .map(|r| 96 + r.path.len() + r.example.len())
+                .sum::<usize>();
+            self.unmapped.extend(rows);
         }
         self.raw.push(RawEventRow {
             event_id: origin.event_id,
@@ -593,6 +615,45 @@ mod tests {
             (refused.http_status, refused.source_addr.as_str()),
             (Some(413), "203.0.113.9")
         );
+    }
+
+    #[test]
+    fn each_path_of_a_field_report_gets_a_row() {
+        let mut e = event();
+        e.field_report = Some(schemas::FieldReport {
+            unmapped: vec![schemas::UnmappedField {
+                path: "queueName".into(),
+                example: r#""Main""#.into(),
+            }],
+            mistyped: vec![schemas::MistypedField {
+                path: "duration".into(),
+                expected: "integer".into(),
+                found: "string".into(),
+                example: r#""26""#.into(),
+            }],
+        });
+        let mut tables = Tables::default();
+        tables.add_event(e);
+        let got: Vec<(&str, &str, &str, &str)> = tables
+            .unmapped
+            .iter()
+            .map(|r| {
+                (
+                    r.kind.as_str(),
+                    r.path.as_str(),
+                    r.expected.as_str(),
+                    r.event_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("unmapped", "queueName", "", "e1"),
+                ("mistyped", "duration", "integer", "e1")
+            ]
+        );
+        assert_eq!(tables.unmapped[1].received_at_ms, 1_772_460_701_999);
     }
 
     #[test]

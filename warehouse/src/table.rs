@@ -10,17 +10,19 @@ pub enum Table {
     ContactListEvents,
     MessageEvents,
     DeadLetters,
+    UnmappedFields,
 }
 
 impl Table {
     /// Every storage table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::RawEvents,
         Table::CallEvents,
         Table::ContactEvents,
         Table::ContactListEvents,
         Table::MessageEvents,
         Table::DeadLetters,
+        Table::UnmappedFields,
     ];
 
     /// The table's name in ClickHouse (also the `table` label of the loader's metrics).
@@ -32,6 +34,7 @@ impl Table {
             Table::ContactListEvents => "contact_list_events_store_v2",
             Table::MessageEvents => "message_events_store_v2",
             Table::DeadLetters => "dead_letters_store_v2",
+            Table::UnmappedFields => "unmapped_fields_store",
         }
     }
 
@@ -53,6 +56,8 @@ impl Table {
             Table::DeadLetters => {
                 "cityHash64(stage, source_topic, source_partition, source_offset)"
             }
+            // A delivery's paths with its raw event.
+            Table::UnmappedFields => "cityHash64(tenant, event_id)",
         }
     }
 }

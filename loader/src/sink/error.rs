@@ -10,6 +10,8 @@ pub enum SinkError {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error("mutation of {table} not done after {waited_s} s: see system.mutations")]
+    MutationPending { table: String, waited_s: u64 },
     #[error(
         "database {database} has schema version {found}, newer than this loader knows ({known}): \
          run the loader version that wrote it (or a newer one), or point CLICKHOUSE_DATABASE \

@@ -44,6 +44,8 @@ pub struct Sink {
     /// Inserts ask for `async_insert=0`: a block must be its own insert, acknowledged
     /// once written (servers that know the setting; current ones may default it to 1).
     sync_inserts: bool,
+    /// The server has column TTL and `mutations_sync` (see [`supports_ttl`]).
+    pub ttl: bool,
 }
 
 /// What connecting does about the schema.
@@ -100,6 +102,7 @@ impl Sink {
             dedup_tokens: has_tokens && block_log,
             block_log,
             sync_inserts: has_tokens,
+            ttl: supports_ttl(&version),
             version: 0,
         };
         if let Some(cluster) = sink.layout.cluster() {
@@ -145,8 +148,18 @@ impl Sink {
         Ok(sink)
     }
 
+    /// The database the tables live in.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The cluster the tables live on, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.layout.cluster()
+    }
+
     /// The client of the server in use.
-    fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.servers[self.current.load(Ordering::Relaxed) % self.servers.len()].1
     }
 
@@ -176,7 +189,7 @@ impl Sink {
         })
     }
 
-    async fn execute(&self, sql: &str) -> Result<(), SinkError> {
+    pub(crate) async fn execute(&self, sql: &str) -> Result<(), SinkError> {
         let head: String = sql.chars().take(80).collect();
         self.client()
             .query(sql)
@@ -185,6 +198,12 @@ impl Sink {
             .execute()
             .await
             .map_err(SinkError::at(format!("statement `{head}…`")))
+    }
+
+    /// Records an erasure in its audit table.
+    pub async fn insert_audit(&self, row: &warehouse::erasure::AuditRow) -> Result<(), SinkError> {
+        self.insert_into("erasures", std::slice::from_ref(row), None, &[])
+            .await
     }
 
     /// Inserts `rows` into their table, with `token` as the insert's deduplication token.
@@ -274,6 +293,12 @@ pub fn supports_validation(version: &str) -> bool {
     server_version(version).is_some_and(|v| v >= (24, 1))
 }
 
+/// Whether the server has column TTL (with `MODIFY COLUMN … REMOVE TTL`) and waits for
+/// mutations with `mutations_sync`: 21.8 and later (not ClickHouse 18.16).
+pub fn supports_ttl(version: &str) -> bool {
+    server_version(version).is_some_and(|v| v >= (21, 8))
+}
+
 /// Whether inserts into a plain MergeTree can be deduplicated by
 /// `insert_deduplication_token` (ClickHouse 22.2 and later, with the table setting
 /// `non_replicated_deduplication_window`).
@@ -291,6 +316,8 @@ mod tests {
         assert!(supports_validation("24.8.4.13"));
         assert!(supports_validation("25.3.1"));
         assert!(!supports_validation("garbage"));
+        assert!(!supports_ttl("18.16.1"));
+        assert!(supports_ttl("24.8.14.39"));
         assert!(!supports_dedup_token("18.16.1"));
         assert!(!supports_dedup_token("22.1.3"));
         assert!(supports_dedup_token("22.2.1"));

@@ -85,6 +85,15 @@ const OTHER_SHARD_KEYS: &[(&str, &str)] = &[
     // event, whatever this key says: a (tenant, day) can be on several shards, and
     // readers take DISTINCT of it, never FINAL.
     ("tenant_days", "cityHash64(tenant, day)"),
+    // 0008: fed by a view over unmapped_fields_store (by delivery), so, like
+    // tenant_days, its rows sit on the shard of the delivery, whatever this key says: a
+    // path's states may be on several shards, and the reader view merges them.
+    (
+        "unmapped_fields_state",
+        "cityHash64(tenant, event, kind, path)",
+    ),
+    // 0009: the audit of erasures.
+    ("erasures", "cityHash64(tenant, request_id)"),
 ];
 
 /// The loader's record of applied migrations (not created by a migration file).

@@ -203,9 +203,9 @@ pub(crate) async fn check_placement(
         rows: Vec::new(),
     };
     // The states are written by materialized views on the shard that took the events'
-    // insert: their placement checks that the view fired there. tenant_days is left
-    // out: a view over raw events (by event) feeds it, so a (tenant, day) may be on
-    // every shard, by design.
+    // insert: their placement checks that the view fired there. tenant_days and
+    // unmapped_fields_state are left out: views over per-delivery rows (by event) feed
+    // them, so a (tenant, day) or a path may be on every shard, by design.
     let others = [
         "loader_blocks",
         "entity_keys",

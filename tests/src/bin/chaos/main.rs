@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         ("KAFKA_TOPIC_RAW", format!("{name}.raw")),
         ("KAFKA_TOPIC_NORMALIZED", format!("{name}.normalized")),
         ("KAFKA_TOPIC_DLQ", format!("{name}.dlq")),
+        ("KAFKA_TOPIC_ERASURES", format!("{name}.erasures")),
         ("KAFKA_TOPIC_PARTITIONS", "3".into()),
         ("LOG_FORMAT", "text".into()),
         ("RUST_LOG", "info".into()),

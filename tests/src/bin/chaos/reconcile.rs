@@ -255,10 +255,13 @@ pub(crate) async fn stored_duplicates(
 ) -> anyhow::Result<Vec<(Table, u64)>> {
     let mut out = Vec::new();
     for table in Table::ALL {
-        let identity = if table == Table::DeadLetters {
-            "stage, source_topic, source_partition, source_offset, failed_at_ms, loaded_at_ms"
-        } else {
-            "event_id, received_at_ms, loaded_at_ms"
+        let identity = match table {
+            Table::DeadLetters => {
+                "stage, source_topic, source_partition, source_offset, failed_at_ms, loaded_at_ms"
+            }
+            // One row per path of a delivery.
+            Table::UnmappedFields => "event_id, received_at_ms, loaded_at_ms, kind, path",
+            _ => "event_id, received_at_ms, loaded_at_ms",
         };
         let rows = clickhouse
             .rows(&format!(
