@@ -230,7 +230,52 @@ impl Pipeline {
             pipeline.start_loader();
         }
         pipeline.wait_until_ingest_answers().await;
+        // A test's faults are for a running pipeline: wait until the services started
+        // here have finished starting (each joins its group once it consumes).
+        if stages.transform {
+            pipeline
+                .wait_until_consuming(&format!("{name}-transform"))
+                .await;
+        }
+        if stages.loader {
+            pipeline
+                .wait_until_consuming(&format!("{name}-loader"))
+                .await;
+        }
         pipeline
+    }
+
+    /// Waits (up to 60 s) until the consumer group `group` has a member, failing the test
+    /// if a service stops meanwhile.
+    async fn wait_until_consuming(&self, group: &str) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let client: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", format!("{group}-observer"))
+            .create()
+            .expect("a Kafka client");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let members = client
+                .fetch_group_list(Some(group), Duration::from_secs(5))
+                .map(|list| {
+                    list.groups()
+                        .iter()
+                        .map(|g| g.members().len())
+                        .sum::<usize>()
+                })
+                .unwrap_or(0);
+            if members > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{group} had no member within 60 s"
+            );
+            self.assert_running();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts one more `transform` (same consumer group); returns its id.
