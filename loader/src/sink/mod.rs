@@ -245,6 +245,10 @@ impl Sink {
         }
         if let Some(token) = token {
             insert = insert.with_setting("insert_deduplication_token", token);
+            // A server killed after it stored a block but before the views fed by it
+            // stored theirs would, on the block's retry, drop it as a duplicate and skip
+            // the views; with this, the views get it and drop only what they hold.
+            insert = insert.with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
         for row in rows {
             insert
