@@ -146,7 +146,10 @@ impl Writer {
         reason: FlushReason,
         stop: &CancellationToken,
     ) -> Result<Option<BTreeMap<i32, Segment>>, RunError> {
-        if batch.loaded_at_ms == 0 {
+        // A block cut again after a crash repeats its recorded `loaded_at`, so that the
+        // server drops what it already holds; unless resends must differ (see
+        // `Sink::resends_differ`).
+        if batch.loaded_at_ms == 0 || (batch.planned.is_some() && self.sink.resends_differ()) {
             batch.loaded_at_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
         }
         batch.tables.stamp(batch.loaded_at_ms);
@@ -207,6 +210,13 @@ impl Writer {
             attempt += 1;
             self.metrics.insert_retries.inc();
             self.sink.failed(&e);
+            if self.sink.resends_differ() {
+                batch.loaded_at_ms = batch
+                    .loaded_at_ms
+                    .max(u64::try_from(runtime::now_ms()).unwrap_or_default())
+                    + 1;
+                batch.tables.stamp(batch.loaded_at_ms);
+            }
             if e.is_retryable() {
                 tracing::warn!(error = %e, attempt, "ClickHouse insert failed; retrying");
             } else {

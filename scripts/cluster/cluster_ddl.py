@@ -22,6 +22,7 @@ Rules (see scripts/cluster/README.md for why each holds):
         over-distributed (default): CREATE VIEW IF NOT EXISTS d.V ON CLUSTER c AS body   (body unchanged)
         per-shard: CREATE VIEW IF NOT EXISTS d.V_local ON CLUSTER c AS body(d.T -> d.T_local)
                    CREATE TABLE IF NOT EXISTS d.V ON CLUSTER c AS d.V_local ENGINE = Distributed(c, d, V_local)
+                   (a view reading a table of PLACED_BY_SOURCE stays over-distributed)
   * CREATE MATERIALIZED VIEW d.M TO d.T AS body   (body must read a sharded table)
         -> CREATE MATERIALIZED VIEW IF NOT EXISTS d.M ON CLUSTER c TO d.T_local AS body(d.S -> d.S_local)
   * ALTER TABLE d.T op   -> ALTER TABLE d.T_local ON CLUSTER c op
@@ -86,6 +87,12 @@ SHARD_KEYS = {
 
 LOCAL_SUFFIX = "_local"
 DEDUP_WINDOW = 10000
+
+# Tables a materialized view fills on the shard of the row it came from, not by their own
+# key (see SHARD_KEYS): one key's rows may sit on several shards. A per-shard view over
+# one would give each shard's part of a key as a row of its own, so a view reading one
+# stays over the Distributed tables in both read designs.
+PLACED_BY_SOURCE = ("tenant_days", "unmapped_fields_state")
 MERGE_TREE = re.compile(r"^(Replacing|Aggregating|Summing|Collapsing|VersionedCollapsing|Graphite)?MergeTree$")
 
 
@@ -187,7 +194,10 @@ class Rewriter:
         m = re.match(rf"CREATE\s+VIEW\s+(IF\s+NOT\s+EXISTS\s+)?{db}\.(\w+)\s+AS\s+(.*)$", sql, re.I | re.S)
         if m:
             name, body = m.group(2), m.group(3)
-            if self.views == "over-distributed":
+            reads_placed_by_source = any(
+                re.search(rf"\b{re.escape(self.db)}\.{t}\b", body) for t in PLACED_BY_SOURCE
+            )
+            if self.views == "over-distributed" or reads_placed_by_source:
                 return [f"CREATE VIEW IF NOT EXISTS {self.db}.{name} ON CLUSTER {c} AS {body}"]
             local = f"{name}{LOCAL_SUFFIX}"
             out = [

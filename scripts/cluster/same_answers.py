@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent / "sqlcheck"))
-from cluster_ddl import MIGRATIONS, SHARD_KEYS, cluster_statements, statements  # noqa: E402
+from cluster_ddl import MIGRATIONS, PLACED_BY_SOURCE, SHARD_KEYS, cluster_statements, statements  # noqa: E402
 from grafana import ANALYTICS, DASHBOARDS, clickhouse_panels, expand, resolve  # noqa: E402
 from loader_model import Loader  # noqa: E402
 from traffic import derive, simulate  # noqa: E402
@@ -51,6 +51,7 @@ VIEW_FED_ELSEWHERE = {
     "tenant_days": "tenant, day",
     "unmapped_fields_state": "tenant, event, kind, path, expected, found, day",
 }
+assert set(VIEW_FED_ELSEWHERE) == set(PLACED_BY_SOURCE), "cluster_ddl.PLACED_BY_SOURCE changed"
 
 
 class Refused(Exception):

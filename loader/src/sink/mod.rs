@@ -46,6 +46,9 @@ pub struct Sink {
     sync_inserts: bool,
     /// The server has column TTL and `mutations_sync` (see [`supports_ttl`]).
     pub ttl: bool,
+    /// A block sent again must differ from what was sent before (see
+    /// [`Sink::resends_differ`]).
+    resends_differ: bool,
 }
 
 /// What connecting does about the schema.
@@ -93,6 +96,7 @@ impl Sink {
         // A cluster of replicas drops a block sent again by its hash, whatever the
         // version, provided it is the same to the byte: the block log makes it so.
         let block_log = block_log.resolve(has_tokens || layout.cluster().is_some());
+        let resends_differ = resends_must_differ(layout.cluster().is_some(), &version);
         let mut sink = Sink {
             servers,
             current: AtomicUsize::new(current),
@@ -103,6 +107,7 @@ impl Sink {
             block_log,
             sync_inserts: has_tokens,
             ttl: supports_ttl(&version),
+            resends_differ,
             version: 0,
         };
         if let Some(cluster) = sink.layout.cluster() {
@@ -132,7 +137,7 @@ impl Sink {
             schema_version = sink.version,
             exactly_once = match (has_tokens, sink.dedup_tokens, sink.layout.cluster().is_some() && sink.block_log) {
                 (true, true, _) => "insert deduplication tokens per recorded block, and views merged by event id",
-                (false, _, true) => "replicated deduplication of recorded blocks sent again, and views merged by event id",
+                (false, _, true) => "views merged by event id (a block sent again carries a new loaded_at: this server would skip the views of a block its replicated tables drop as a duplicate)",
                 (true, false, _) => "views merged by event id (LOADER_BLOCK_LOG=off: no insert deduplication tokens)",
                 _ => "views merged by event id (this server has no insert deduplication tokens)",
             },
@@ -151,6 +156,20 @@ impl Sink {
     /// The database the tables live in.
     pub fn database(&self) -> &str {
         &self.database
+    }
+
+    /// Whether a block sent again must carry a new `loaded_at`, so that it hashes
+    /// differently. A Replicated table drops a block it has seen by its hash, and a server
+    /// without `deduplicate_blocks_in_dependent_materialized_views` (before 22.2 here: 18.16
+    /// in a cluster) then skips the materialized views too. A server killed after it
+    /// stored a block but before the views stored theirs would leave the aggregate states
+    /// without the block's rows for good. Sent again with a new `loaded_at`, the block is
+    /// stored again: the storage tables collapse the copies (ReplacingMergeTree, and the
+    /// views merge by event id), and every state the views feed is unchanged by a row
+    /// added twice (`maxIf` over `(received_at, loaded_at, value)`, `uniqExact`,
+    /// `groupUniqArray`), so the copies cost disk until merged, and lose nothing.
+    pub fn resends_differ(&self) -> bool {
+        self.resends_differ
     }
 
     /// The cluster the tables live on, if any.
@@ -245,9 +264,12 @@ impl Sink {
         }
         if let Some(token) = token {
             insert = insert.with_setting("insert_deduplication_token", token);
+        }
+        if self.sync_inserts {
             // A server killed after it stored a block but before the views fed by it
             // stored theirs would, on the block's retry, drop it as a duplicate and skip
-            // the views; with this, the views get it and drop only what they hold.
+            // the views; with this, the views get it and drop only what they hold. (Older
+            // servers lack it: there, resends differ, see `resends_differ`.)
             insert = insert.with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
         for row in rows {
@@ -310,6 +332,13 @@ pub fn supports_dedup_token(version: &str) -> bool {
     server_version(version).is_some_and(|v| v >= (22, 2))
 }
 
+/// Whether a block sent again must hash differently (see [`Sink::resends_differ`]): in a
+/// cluster (Replicated tables drop a block by its hash) on a server that would then skip
+/// the views, which is one without deduplication tokens.
+pub fn resends_must_differ(cluster: bool, version: &str) -> bool {
+    cluster && !supports_dedup_token(version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +357,13 @@ mod tests {
         assert!(supports_dedup_token("24.8.4.13"));
         assert_eq!(server_version("18.16.1"), Some((18, 16)));
         assert_eq!(server_version("24"), None);
+    }
+
+    #[test]
+    fn only_an_old_server_in_a_cluster_gets_blocks_sent_again_restamped() {
+        assert!(resends_must_differ(true, "18.16.1"));
+        assert!(!resends_must_differ(true, "24.8.14.39"));
+        assert!(!resends_must_differ(false, "18.16.1"));
+        assert!(!resends_must_differ(false, "24.8.14.39"));
     }
 }
