@@ -203,12 +203,15 @@ pub struct DedupArgs {
 /// When a batch is written to ClickHouse.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchArgs {
-    /// Write once this many events are pending.
-    #[arg(long, env = "LOADER_BATCH_MAX_ROWS", default_value_t = 10_000,
+    /// Write once this many events are pending. The row and byte caps bind only while
+    /// the loader catches up (at a steady rate the age does): then each block is a part
+    /// of every table the server merges later, and larger blocks cost far less merging
+    /// (README, "Loader benchmark").
+    #[arg(long, env = "LOADER_BATCH_MAX_ROWS", default_value_t = 50_000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub batch_max_rows: usize,
     /// Write once the pending rows take about this many bytes.
-    #[arg(long, env = "LOADER_BATCH_MAX_BYTES", default_value_t = 16 * 1024 * 1024,
+    #[arg(long, env = "LOADER_BATCH_MAX_BYTES", default_value_t = 128 * 1024 * 1024,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=1 << 30))]
     pub batch_max_bytes: usize,
     /// Write once the oldest pending event has waited this long.
