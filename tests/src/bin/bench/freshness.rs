@@ -31,6 +31,11 @@ pub(crate) struct FreshnessArgs {
     /// Requests the load generator keeps in flight at most.
     #[arg(long, default_value_t = 128)]
     pub(crate) connections: usize,
+    /// One call in this many is polled for its freshness (every call is checked for
+    /// visibility at the end); 1 polls every call, at a cost to ClickHouse.
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) poll_sample: u64,
     /// Where the service binaries are (default: beside this one).
     #[arg(long)]
     pub(crate) bin_dir: Option<PathBuf>,
@@ -41,6 +46,8 @@ pub(crate) struct FreshnessArgs {
 pub(crate) struct Trial {
     pub(crate) rate: u32,
     pub(crate) partitions: i32,
+    /// One call in this many was polled for its freshness.
+    pub(crate) poll_sample: u64,
     pub(crate) outcome: Outcome,
     pub(crate) inserts: InsertRates,
     /// CPU over the window: the services, then `extra` targets, the load generator and
@@ -123,6 +130,7 @@ pub(crate) async fn trial(
             database: pipeline.clickhouse.database.clone(),
             limit,
             stop_when_missed,
+            sample: args.poll_sample,
         }),
     };
     let load = Load::start(spec, &pipeline.hook, bodies);
@@ -141,6 +149,7 @@ pub(crate) async fn trial(
     Ok(Trial {
         rate: args.rate,
         partitions: args.partitions,
+        poll_sample: args.poll_sample,
         outcome,
         inserts,
         cpu,
@@ -185,7 +194,7 @@ impl std::fmt::Display for Trial {
             ms(fresh.quantile(0.5)),
             ms(fresh.quantile(0.99)),
             ms(fresh.quantile(1.0)),
-            fresh.unseen,
+            fresh.not_visible(),
             self.outcome.errors,
             ms(self.outcome.answer_quantile(0.99)),
             raw,

@@ -104,6 +104,7 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
             warmup_s: 5,
             partitions,
             connections: 128,
+            poll_sample: 10,
             bin_dir: bin_dir.clone(),
         };
         let r = freshness::trial(&args, P99_GOAL, false, &[]).await?;

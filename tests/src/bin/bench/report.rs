@@ -93,8 +93,10 @@ impl Report<'_> {
         println!("inserts/s at {} calls/s: {}", trial.rate, tables.join(", "));
         let polls = &trial.outcome.polls;
         println!(
-            "freshness poller: {} queries, mean {:.1} ms, slowest {} ms, {} failed; \
+            "freshness poller: 1 call in {} polled every 100 ms, every call looked for at \
+             the end; {} queries, mean {:.1} ms, slowest {} ms, {} failed; \
              ingest's answers: p50 {} ms, p99 {} ms",
+            trial.poll_sample,
             polls.queries,
             polls.mean_ms(),
             polls.slowest.as_millis(),
