@@ -158,17 +158,8 @@ pub(crate) fn verdict(trial: &Trial, goal: Duration) -> Result<(), String> {
             freshness::ms(outcome.answer_quantile(0.99))
         ));
     }
-    if outcome.errors > 0 {
-        let answers: Vec<String> = outcome
-            .refused
-            .iter()
-            .map(|(answer, n)| format!("{answer}: {n}"))
-            .collect();
-        return Err(format!(
-            "{} calls not answered 2xx ({})",
-            outcome.errors,
-            answers.join(", ")
-        ));
+    if let Some(detail) = outcome.errors_detail() {
+        return Err(detail);
     }
     if outcome.answered_per_s < f64::from(trial.rate) * MIN_SENT_SHARE {
         return Err(format!(

@@ -91,6 +91,27 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// What came back for the window's calls not answered 2xx, e.g. `3 calls not
+    /// answered 2xx (no answer: 3)`; `None` when every call was.
+    pub(crate) fn errors_detail(&self) -> Option<String> {
+        if self.errors == 0 {
+            return None;
+        }
+        let mut answers: Vec<String> = self
+            .refused
+            .iter()
+            .map(|(answer, n)| format!("{answer}: {n}"))
+            .collect();
+        if self.unsent > 0 {
+            answers.push(format!("not sent in time: {}", self.unsent));
+        }
+        Some(format!(
+            "{} calls not answered 2xx ({})",
+            self.errors,
+            answers.join(", ")
+        ))
+    }
+
     /// The `q` quantile of ingest's answer times.
     pub(crate) fn answer_quantile(&self, q: f64) -> Option<Duration> {
         let n = self.answer_times.len();

@@ -68,6 +68,9 @@ async fn main() -> anyhow::Result<()> {
             let r = freshness::trial(&args, P99_GOAL, false, &[]).await?;
             println!("{}", freshness::HEADER);
             println!("{r}");
+            if let Some(detail) = r.outcome.errors_detail() {
+                println!("  {detail}");
+            }
         }
         Cli::Capacity(args) => capacity::capacity(&args).await?,
         Cli::Matrix { bin_dir } => matrix(bin_dir).await?,
@@ -110,6 +113,9 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         let r = freshness::trial(&args, P99_GOAL, false, &[]).await?;
         eprintln!("{r}");
         fresh.push(r.to_string());
+        if let Some(detail) = r.outcome.errors_detail() {
+            fresh.push(format!("  at {partitions} partitions: {detail}"));
+        }
     }
     println!(
         "\nloader (median of 3 runs, lowest–highest in brackets; events carry 3 rows: raw, \
