@@ -201,14 +201,14 @@ mod tests {
         let metrics = Metrics::new();
         metrics.request(200, Duration::from_millis(3));
         metrics.request(503, Duration::from_millis(3));
-        metrics.rejected("bad_json");
+        metrics.rejected("not_found");
         let text = metrics.render();
         assert!(
             text.contains(r#"ingest_requests_total{status="200"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"ingest_rejected_total{reason="bad_json"} 1"#),
+            text.contains(r#"ingest_rejected_total{reason="not_found"} 1"#),
             "{text}"
         );
         assert!(
