@@ -523,6 +523,40 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn refuses_a_cluster_before_it_touches_anything() {
+        // The server at this URL does not exist: the refusal must come first.
+        let config = Config::try_parse_from([
+            "loader",
+            "--clickhouse-cluster",
+            "switchboard",
+            "--clickhouse-url",
+            "http://127.0.0.1:9",
+            "erase",
+            "--tenant",
+            "acme",
+            "--contact-id",
+            "7",
+            "--requested-by",
+            "dpo@example.com",
+        ])
+        .unwrap();
+        let Some(crate::config::Command::Erase(args)) = &config.command else {
+            panic!("no erase");
+        };
+        let error = erase(&config, args, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RunError::NotInCluster("erase", _)),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("does not run in a cluster"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn reads_a_contact_id_or_a_phone_number() {
         let args = parse(&[

@@ -194,3 +194,34 @@ pub async fn run(
     };
     Ok(lines)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn refuses_a_cluster_before_it_touches_anything() {
+        // The server at this URL does not exist: the refusal must come first.
+        let config = Config::try_parse_from([
+            "loader",
+            "--clickhouse-cluster",
+            "switchboard",
+            "--clickhouse-url",
+            "http://127.0.0.1:9",
+            "retention",
+            "--apply",
+        ])
+        .unwrap();
+        let Some(crate::config::Command::Retention(command)) = &config.command else {
+            panic!("no retention");
+        };
+        let error = run(&config, command, &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RunError::NotInCluster("retention", _)),
+            "{error}"
+        );
+    }
+}
