@@ -510,6 +510,28 @@ impl Pipeline {
     }
 
     /// Stops every service, reports any that failed, and drops the test database.
+    /// Records `versions` in the database's `schema_migrations`, as a loader that applied
+    /// them would (creating both if missing), without applying any migration.
+    pub async fn record_schema_versions(&self, versions: &[u32]) {
+        let values: Vec<String> = versions
+            .iter()
+            .map(|v| format!("({v}, 'recorded')"))
+            .collect();
+        for sql in [
+            "CREATE DATABASE IF NOT EXISTS {db}".to_owned(),
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
+             (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) \
+             ENGINE = MergeTree ORDER BY version"
+                .to_owned(),
+            format!(
+                "INSERT INTO {{db}}.schema_migrations (version, name) VALUES {}",
+                values.join(", ")
+            ),
+        ] {
+            self.clickhouse.execute(&sql).await.unwrap();
+        }
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.ingest.0.cancel();

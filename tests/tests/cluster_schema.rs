@@ -21,40 +21,25 @@ async fn a_loader_in_a_cluster_refuses_a_schema_older_than_it_needs_and_names_lo
     let known = warehouse::migrations::MIGRATIONS.len();
 
     // Never migrated: not even the database exists.
-    let loader = pipeline.start_loader();
-    let error = pipeline
-        .instance_error(loader, Duration::from_secs(60))
-        .await;
-    assert!(
-        error.contains(&format!(
-            "has schema version 0, older than this loader needs ({known})"
-        )) && error.contains("run `loader migrate`"),
-        "{error}"
-    );
+    assert_refused_as_older(&mut pipeline, 0, known).await;
 
     // Migrated by an older version: the newest migration is missing.
-    let behind = known - 1;
-    for sql in [
-        "CREATE DATABASE IF NOT EXISTS {db}".to_owned(),
-        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-         (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) \
-         ENGINE = MergeTree ORDER BY version"
-            .to_owned(),
-        format!(
-            "INSERT INTO {{db}}.schema_migrations (version, name) SELECT toUInt32(number + 1), 'older' FROM numbers({behind})"
-        ),
-    ] {
-        pipeline.clickhouse.execute(&sql).await.unwrap();
-    }
+    let behind: Vec<u32> = (1..known as u32).collect();
+    pipeline.record_schema_versions(&behind).await;
+    assert_refused_as_older(&mut pipeline, known - 1, known).await;
+    pipeline.stop().await;
+}
+
+/// Starts a loader and asserts that it stops, refusing schema version `found`.
+async fn assert_refused_as_older(pipeline: &mut Pipeline, found: usize, known: usize) {
     let loader = pipeline.start_loader();
     let error = pipeline
         .instance_error(loader, Duration::from_secs(60))
         .await;
     assert!(
         error.contains(&format!(
-            "has schema version {behind}, older than this loader needs ({known})"
+            "has schema version {found}, older than this loader needs ({known})"
         )) && error.contains("run `loader migrate`"),
         "{error}"
     );
-    pipeline.stop().await;
 }

@@ -14,16 +14,7 @@ async fn a_loader_refuses_a_schema_newer_than_it_knows() {
     })
     .await;
     let newer = warehouse::migrations::MIGRATIONS.len() + 1;
-    for sql in [
-        "CREATE DATABASE IF NOT EXISTS {db}".to_owned(),
-        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations \
-         (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) \
-         ENGINE = MergeTree ORDER BY version"
-            .to_owned(),
-        format!("INSERT INTO {{db}}.schema_migrations (version, name) VALUES ({newer}, 'from the future')"),
-    ] {
-        pipeline.clickhouse.execute(&sql).await.unwrap();
-    }
+    pipeline.record_schema_versions(&[newer as u32]).await;
     let loader = pipeline.start_loader();
     let error = pipeline
         .instance_error(loader, Duration::from_secs(60))
