@@ -251,6 +251,13 @@ impl<'a> Consume<'a> {
             partition: message.partition(),
         };
         let (offset, now) = (message.offset(), Instant::now());
+        self.writer
+            .metrics
+            .record_in(if tp.topic == self.config.topics.dlq_topic {
+                "dlq"
+            } else {
+                "normalized"
+            });
         let step = self.step(&tp, offset, payload).await?;
         let state = self.topics.entry(tp.topic.clone()).or_default();
         let (batch, ends_at) = match step {

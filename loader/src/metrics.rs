@@ -97,7 +97,7 @@ impl Default for Metrics {
             records_in: counter_vec(
                 &registry,
                 RECORDS_IN_TOTAL,
-                "Records consumed, by source topic.",
+                "Records read from Kafka, by source topic (counted as read, before they are written).",
                 &["source"],
             ),
             rows_written: counter_vec(
@@ -197,19 +197,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records one written batch of `source` (`normalized` or `dlq`).
+    /// One record read from `source` (`normalized` or `dlq`), whatever becomes of it.
+    pub fn record_in(&self, source: &str) {
+        self.records_in.with_label_values(&[source]).inc();
+    }
+
+    /// Records one written batch.
     pub fn batch(
         &self,
-        source: &str,
         batch: &Batch,
         reason: FlushReason,
         refused: usize,
         took: Duration,
         now_ms: i64,
     ) {
-        self.records_in
-            .with_label_values(&[source])
-            .inc_by(batch.events as u64);
         for (table, rows) in batch.tables.counts() {
             if rows > 0 {
                 self.rows_written

@@ -148,8 +148,10 @@ impl Writer {
     ) -> Result<Option<BTreeMap<i32, Segment>>, RunError> {
         // A block cut again after a crash repeats its recorded `loaded_at`, so that the
         // server drops what it already holds; unless resends must differ (see
-        // `Sink::resends_differ`).
-        if batch.loaded_at_ms == 0 || (batch.planned.is_some() && self.sink.resends_differ()) {
+        // `Sink::resends_differ`): then every block gets its own, whatever it repeats (a
+        // block cut again, or the records of one that ran out of patience and are
+        // written as they came).
+        if batch.loaded_at_ms == 0 || self.sink.resends_differ() {
             batch.loaded_at_ms = u64::try_from(runtime::now_ms()).unwrap_or_default();
         }
         batch.tables.stamp(batch.loaded_at_ms);
@@ -240,13 +242,7 @@ impl Writer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Batch written"
         );
-        let source = if topic == self.dlq_topic {
-            "dlq"
-        } else {
-            "normalized"
-        };
         self.metrics.batch(
-            source,
             &batch,
             reason,
             rejected.len(),

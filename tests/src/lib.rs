@@ -509,7 +509,6 @@ impl Pipeline {
             .collect()
     }
 
-    /// Stops every service, reports any that failed, and drops the test database.
     /// Records `versions` in the database's `schema_migrations`, as a loader that applied
     /// them would (creating both if missing), without applying any migration.
     pub async fn record_schema_versions(&self, versions: &[u32]) {
@@ -532,6 +531,7 @@ impl Pipeline {
         }
     }
 
+    /// Stops every service, reports any that failed, and drops the test database.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.ingest.0.cancel();

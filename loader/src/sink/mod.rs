@@ -94,7 +94,8 @@ impl Sink {
         let validation = args.validation.resolve(supports_validation(&version));
         let has_tokens = supports_dedup_token(&version);
         // A cluster of replicas drops a block sent again by its hash, whatever the
-        // version, provided it is the same to the byte: the block log makes it so.
+        // version, provided it is the same to the byte: the block log makes it so (and
+        // where that would skip the views, 18.16, resends are made to differ instead).
         let block_log = block_log.resolve(has_tokens || layout.cluster().is_some());
         let resends_differ = resends_must_differ(layout.cluster().is_some(), &version);
         let mut sink = Sink {

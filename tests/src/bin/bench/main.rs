@@ -126,8 +126,8 @@ async fn matrix(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         println!("{line}");
     }
     println!(
-        "\nfreshness (200 answer → visible in `calls`; polled every 100 ms) and the loader's \
-         insert statements per second"
+        "\nfreshness (200 answer → visible in `calls`; 1 call in 10 polled every 100 ms, every \
+         call looked for at the end) and the loader's insert statements per second"
     );
     println!("{}", freshness::HEADER);
     for line in fresh {
