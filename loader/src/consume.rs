@@ -220,7 +220,7 @@ impl<'a> Consume<'a> {
             for topic in topics {
                 let state = self.topics.get_mut(&topic).expect("a known topic");
                 let which = match &state.repeat {
-                    Some(repeat) if self.policy.due(repeat, Instant::now()).is_some() => {
+                    Some(repeat) if self.policy.due(repeat, Instant::now(), true).is_some() => {
                         Which::Repeat
                     }
                     // Its records come again after the restart; `pending` holds later
@@ -470,8 +470,9 @@ enum Which {
 /// The topic's batch to write now, if any: a block being cut again comes first (it holds
 /// earlier offsets); given up on after `REPEAT_PATIENCE`, it is written as a new block.
 fn due(state: &mut TopicState, policy: &FlushPolicy, now: Instant) -> Option<(Which, FlushReason)> {
+    let idle = !state.writing;
     if let Some(repeat) = &mut state.repeat {
-        if let Some(reason) = policy.due(repeat, now) {
+        if let Some(reason) = policy.due(repeat, now, idle) {
             return Some((Which::Repeat, reason));
         }
         let overdue = state
@@ -488,7 +489,7 @@ fn due(state: &mut TopicState, policy: &FlushPolicy, now: Instant) -> Option<(Wh
         return None;
     }
     policy
-        .due(&state.pending, now)
+        .due(&state.pending, now, idle)
         .map(|reason| (Which::Pending, reason))
 }
 

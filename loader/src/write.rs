@@ -252,8 +252,12 @@ impl Writer {
         for span in &batch.spans {
             span.record("block", name.as_str());
         }
+        let segments = std::mem::take(&mut batch.segments);
         // Dropping the batch closes its spans: each event's trace ends at its insert.
-        Ok(Some(std::mem::take(&mut batch.segments)))
+        // Freeing a block of 50,000 events took 40-100 ms, which the topic's next block
+        // would wait for: it is freed on a thread of its own.
+        tokio::task::spawn_blocking(move || drop(batch));
+        Ok(Some(segments))
     }
 
     /// Drops the block's sender duplicates and gives its rows their entities' days (see
