@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, FlushPolicy, FlushReason, Origin, Planned, Segment};
 use crate::block::{self, Step};
+use crate::metrics::Source;
 use crate::write::Writer;
 use crate::{Config, RunError};
 
@@ -254,9 +255,9 @@ impl<'a> Consume<'a> {
         self.writer
             .metrics
             .record_in(if tp.topic == self.config.topics.dlq_topic {
-                "dlq"
+                Source::Dlq
             } else {
-                "normalized"
+                Source::Normalized
             });
         let step = self.step(&tp, offset, payload).await?;
         let state = self.topics.entry(tp.topic.clone()).or_default();

@@ -19,7 +19,7 @@ pub const RECORDS_IN_TOTAL: &str = "loader_records_in_total";
 pub const ROWS_WRITTEN_TOTAL: &str = "loader_rows_written_total";
 /// Insert statements ClickHouse accepted, by storage table (each one a new part).
 pub const INSERTS_TOTAL: &str = "loader_inserts_total";
-/// Batches written, by flush reason (`rows`, `bytes`, `age`, `block`, `shutdown`).
+/// Batches written, by flush reason (`rows`, `bytes`, `age`, `idle`, `block`, `shutdown`).
 pub const BATCHES_TOTAL: &str = "loader_batches_total";
 /// Records per batch.
 pub const BATCH_RECORDS: &str = "loader_batch_records";
@@ -73,9 +73,29 @@ impl Request {
 }
 
 /// Every loader metric, registered in one registry.
+/// The topic a record was read from (the `source` label of `loader_records_in_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Normalized = 0,
+    Dlq = 1,
+}
+
+impl Source {
+    const ALL: [Source; 2] = [Source::Normalized, Source::Dlq];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Normalized => "normalized",
+            Source::Dlq => "dlq",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
-    records_in: IntCounterVec,
+    /// `loader_records_in_total` of each [`Source`], resolved once (it counts every
+    /// record read).
+    records_in: [IntCounter; 2],
     rows_written: IntCounterVec,
     inserts: IntCounterVec,
     batches: IntCounterVec,
@@ -93,13 +113,14 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         let registry = Registry::new();
+        let records_in = counter_vec(
+            &registry,
+            RECORDS_IN_TOTAL,
+            "Records read from Kafka, by source topic (counted as read, before they are written).",
+            &["source"],
+        );
         let metrics = Metrics {
-            records_in: counter_vec(
-                &registry,
-                RECORDS_IN_TOTAL,
-                "Records read from Kafka, by source topic (counted as read, before they are written).",
-                &["source"],
-            ),
+            records_in: Source::ALL.map(|source| records_in.with_label_values(&[source.as_str()])),
             rows_written: counter_vec(
                 &registry,
                 ROWS_WRITTEN_TOTAL,
@@ -171,9 +192,6 @@ impl Default for Metrics {
             registry,
         };
         // Every label value exists from the start, so rates read 0 rather than nothing.
-        for source in ["normalized", "dlq"] {
-            metrics.records_in.with_label_values(&[source]);
-        }
         for table in Table::ALL {
             metrics.rows_written.with_label_values(&[table.name()]);
             metrics.inserts.with_label_values(&[table.name()]);
@@ -197,9 +215,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// One record read from `source` (`normalized` or `dlq`), whatever becomes of it.
-    pub fn record_in(&self, source: &str) {
-        self.records_in.with_label_values(&[source]).inc();
+    /// One record read from `source`, whatever becomes of it.
+    pub fn record_in(&self, source: Source) {
+        self.records_in[source as usize].inc();
     }
 
     /// Records one written batch.
@@ -251,5 +269,48 @@ impl Metrics {
 
     pub fn dead_lettered(&self, reason: &str, n: u64) {
         self.dead_lettered.with_label_values(&[reason]).inc_by(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of `name{label="value"}` in the registry.
+    fn counter(metrics: &Metrics, name: &str, label: &str, value: &str) -> Option<f64> {
+        metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .find(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == label && l.value() == value)
+            })
+            .map(|m| m.get_counter().get_value())
+    }
+
+    #[test]
+    fn records_in_are_counted_by_source_and_both_sources_exist_from_the_start() {
+        let metrics = Metrics::default();
+        for source in Source::ALL {
+            assert_eq!(
+                counter(&metrics, RECORDS_IN_TOTAL, "source", source.as_str()),
+                Some(0.0)
+            );
+        }
+        metrics.record_in(Source::Normalized);
+        metrics.record_in(Source::Normalized);
+        metrics.record_in(Source::Dlq);
+        assert_eq!(
+            counter(&metrics, RECORDS_IN_TOTAL, "source", "normalized"),
+            Some(2.0)
+        );
+        assert_eq!(
+            counter(&metrics, RECORDS_IN_TOTAL, "source", "dlq"),
+            Some(1.0)
+        );
     }
 }
