@@ -3,9 +3,10 @@
 //! batch is written as a *block* (one insert per table), so the number of inserts does
 //! not grow with the partition count. Rows accumulate until a row count, a byte size or
 //! an age is reached, or, when a recorded block is being redone, until each of its
-//! ranges is complete again; while no block of the topic is being written, an eighth of
-//! the row count or byte size is enough (see `FlushPolicy::due`). The flush decision is
-//! a pure function of the batch, whether the topic has a write in flight, and `now`.
+//! ranges is complete again; while the loader catches up and no block of the topic is
+//! being written, an eighth of the row count or byte size is enough (see
+//! `FlushPolicy::due`). The flush decision is a pure function of the batch, whether the
+//! topic has a write in flight, and `now`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -30,8 +31,8 @@ pub enum FlushReason {
     Age,
     /// The batch repeats a block recorded before a restart, and is complete again.
     Block,
-    /// No block of the topic was being written, and the batch held an eighth of the row
-    /// count or byte size.
+    /// The loader was catching up, no block of the topic was being written, and the batch
+    /// held an eighth of the row count or byte size.
     Idle,
     Shutdown,
 }
@@ -58,9 +59,14 @@ impl FlushReason {
     }
 }
 
-/// While no block of a topic is being written, a batch holding this fraction of the row
-/// count or byte size is written at once (see `FlushPolicy::due`).
+/// While the loader catches up and no block of a topic is being written, a batch holding
+/// this fraction of the row count or byte size is written at once (see
+/// `FlushPolicy::due`)...
 const IDLE_FRACTION: usize = 8;
+/// ...and at least this many events or bytes: a smaller block is not worth an insert of
+/// its own (and a policy with tiny caps, as in tests, keeps cutting by size).
+const IDLE_MIN_EVENTS: usize = 1_000;
+const IDLE_MIN_BYTES: usize = 1 << 20;
 
 impl FlushPolicy {
     /// Whether `batch` must be written at `now`, and why; `idle` says that no block of
@@ -68,14 +74,16 @@ impl FlushPolicy {
     /// when every range of that block is complete again, whatever its size or age, so
     /// that the insert is the same as before.
     ///
-    /// The row count and byte size bind while the loader catches up: a block is then
-    /// filled while the one before it is written. The first block of a backlog has no
-    /// write to overlap: filling it to the caps would leave the server waiting (about a
-    /// second at 5.8 kB events), so with nothing in flight an eighth is enough. The
-    /// blocks after it fill while it is written and grow back to the caps as long as
-    /// the loader reads faster than the server writes. At a steady rate nothing changes
-    /// (below an eighth of the caps a second, the age binds: at 1.7 kB events, over
-    /// 6,000 a second).
+    /// The row count and byte size bind while the loader catches up (a backlog after an
+    /// outage, a replay): a block is then filled while the one before it is written. The
+    /// first block of a backlog has no write to overlap, and filling it to the caps
+    /// would leave the server waiting (about a second at 5.8 kB events). So a batch of
+    /// records read late (`Batch::behind`: Kafka stored one of them more than `max_age`
+    /// before it was read) is written with an eighth of the caps when nothing of its
+    /// topic is in flight; the blocks after it fill while it is written, and grow back to
+    /// the caps as long as the loader reads faster than the server writes. A loader that
+    /// keeps up reads its records within milliseconds, and its batches are unchanged:
+    /// the age binds, one insert per second per table.
     pub fn due(&self, batch: &Batch, now: Instant, idle: bool) -> Option<FlushReason> {
         let started = batch.started?;
         if let Some(planned) = &batch.planned {
@@ -87,14 +95,18 @@ impl FlushPolicy {
             Some(FlushReason::Bytes)
         } else if now.saturating_duration_since(started) >= self.max_age {
             Some(FlushReason::Age)
-        } else if idle
-            && (batch.events >= (self.max_rows / IDLE_FRACTION).max(1)
-                || batch.bytes >= (self.max_bytes / IDLE_FRACTION).max(1))
-        {
+        } else if idle && batch.behind && self.holds_an_eighth(batch) {
             Some(FlushReason::Idle)
         } else {
             None
         }
+    }
+
+    /// Whether `batch` holds an eighth of the row count or byte size (and at least
+    /// `IDLE_MIN_*`).
+    fn holds_an_eighth(&self, batch: &Batch) -> bool {
+        batch.events >= (self.max_rows / IDLE_FRACTION).max(IDLE_MIN_EVENTS)
+            || batch.bytes >= (self.max_bytes / IDLE_FRACTION).max(IDLE_MIN_BYTES)
     }
 }
 
@@ -138,6 +150,9 @@ pub struct Batch {
     pub bytes: usize,
     /// When the first message of the batch arrived; `None` while nothing is pending.
     pub started: Option<Instant>,
+    /// A record of the batch was read late, so the loader is catching up (see
+    /// `Origin::behind`).
+    pub behind: bool,
 }
 
 /// Where a message read at an offset of a partition starts its segment, when it is the
@@ -148,6 +163,10 @@ pub struct Origin {
     pub offset: i64,
     pub epoch: u32,
     pub first_record: u64,
+    /// Kafka stored the record more than the policy's `max_age` before it was read (by
+    /// its timestamp, the producer's clock: hosts whose clocks disagree by more than
+    /// that only move the moment a block is cut, see `FlushPolicy::due`).
+    pub behind: bool,
 }
 
 impl Batch {
@@ -181,6 +200,7 @@ impl Batch {
 
     fn count(&mut self, bytes: usize, at: Origin, now: Instant) {
         self.started.get_or_insert(now);
+        self.behind |= at.behind;
         self.events += 1;
         self.bytes += bytes;
         self.segments
@@ -250,6 +270,14 @@ mod tests {
             offset,
             epoch: 0,
             first_record: 7,
+            behind: false,
+        }
+    }
+
+    fn late(partition: i32, offset: i64) -> Origin {
+        Origin {
+            behind: true,
+            ..at(partition, offset)
         }
     }
 
@@ -298,24 +326,65 @@ mod tests {
         );
     }
 
+    const CATCHING_UP: FlushPolicy = FlushPolicy {
+        max_rows: 16_000,
+        max_bytes: 16 << 20,
+        max_age: Duration::from_secs(1),
+    };
+
     #[test]
-    fn with_no_write_in_flight_an_eighth_of_the_row_count_or_byte_size_is_enough() {
-        let policy = FlushPolicy {
-            max_rows: 16,
-            max_bytes: 80_000,
-            max_age: Duration::from_secs(1),
-        };
+    fn catching_up_with_no_write_in_flight_an_eighth_of_the_row_count_is_enough() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(1), at(0, 0), t0);
-        assert_eq!(policy.due(&batch, t0, true), None);
-        batch.add_event(event(1), at(1, 0), t0);
-        assert_eq!(policy.due(&batch, t0, false), None);
-        assert_eq!(policy.due(&batch, t0, true), Some(FlushReason::Idle));
-        let mut large = Batch::default();
-        large.add_event(event(10_000), at(0, 0), t0);
-        assert_eq!(policy.due(&large, t0, false), None);
-        assert_eq!(policy.due(&large, t0, true), Some(FlushReason::Idle));
+        batch.add_event(event(1), late(0, 0), t0);
+        for offset in 1..1_999 {
+            batch.add_event(event(1), at(0, offset), t0);
+        }
+        assert_eq!(CATCHING_UP.due(&batch, t0, true), None);
+        batch.add_event(event(1), at(0, 1_999), t0);
+        assert_eq!(
+            CATCHING_UP.due(&batch, t0, false),
+            None,
+            "a block is in flight"
+        );
+        assert_eq!(CATCHING_UP.due(&batch, t0, true), Some(FlushReason::Idle));
+    }
+
+    #[test]
+    fn catching_up_with_no_write_in_flight_an_eighth_of_the_byte_size_is_enough() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        // 2 MiB (an eighth of 16 MiB) in ten events.
+        for offset in 0..10 {
+            batch.add_event(event(210_000), late(0, offset), t0);
+        }
+        assert_eq!(CATCHING_UP.due(&batch, t0, false), None);
+        assert_eq!(CATCHING_UP.due(&batch, t0, true), Some(FlushReason::Idle));
+    }
+
+    #[test]
+    fn records_read_as_they_come_wait_for_the_caps_or_the_age() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        for offset in 0..2_000 {
+            batch.add_event(event(1), at(0, offset), t0);
+        }
+        assert_eq!(CATCHING_UP.due(&batch, t0, true), None);
+        assert_eq!(
+            CATCHING_UP.due(&batch, t0 + Duration::from_secs(1), true),
+            Some(FlushReason::Age)
+        );
+    }
+
+    #[test]
+    fn tiny_caps_keep_cutting_by_size_while_catching_up() {
+        let t0 = Instant::now();
+        let mut batch = Batch::default();
+        batch.add_event(event(1), late(0, 0), t0);
+        batch.add_event(event(1), late(0, 1), t0);
+        assert_eq!(POLICY.due(&batch, t0, true), None);
+        batch.add_event(event(1), late(0, 2), t0);
+        assert_eq!(POLICY.due(&batch, t0, true), Some(FlushReason::Rows));
     }
 
     #[test]

@@ -285,6 +285,9 @@ impl<'a> Consume<'a> {
             } else {
                 block::fingerprint(payload)
             },
+            behind: message.timestamp().to_millis().is_some_and(|stored_ms| {
+                runtime::now_ms().saturating_sub(stored_ms) > self.policy.max_age.as_millis() as i64
+            }),
         };
         // Continues the webhook's trace (from the header transform set) until the
         // insert; a record that carries no trace costs no span.
@@ -515,4 +518,41 @@ fn undecodable(message: &BorrowedMessage<'_>, reason: String) -> DeadLetter {
         message.payload().unwrap_or_default().to_vec(),
         runtime::now_ms(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Origin;
+    use schemas::NormalizedEvent;
+
+    #[test]
+    fn a_topic_catching_up_writes_an_eighth_of_the_caps_only_with_no_block_in_flight() {
+        let policy = FlushPolicy {
+            max_rows: 8_000,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(1),
+        };
+        let t0 = Instant::now();
+        let mut state = TopicState::default();
+        for offset in 0..1_000 {
+            let origin = Origin {
+                partition: 0,
+                offset,
+                epoch: 0,
+                first_record: 0,
+                behind: true,
+            };
+            state
+                .pending
+                .add_event(NormalizedEvent::default(), origin, t0);
+        }
+        state.writing = true;
+        assert!(due(&mut state, &policy, t0).is_none());
+        state.writing = false;
+        assert!(matches!(
+            due(&mut state, &policy, t0),
+            Some((Which::Pending, FlushReason::Idle))
+        ));
+    }
 }

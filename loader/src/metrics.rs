@@ -72,7 +72,6 @@ impl Request {
     }
 }
 
-/// Every loader metric, registered in one registry.
 /// The topic a record was read from (the `source` label of `loader_records_in_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -91,6 +90,7 @@ impl Source {
     }
 }
 
+/// Every loader metric, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
     /// `loader_records_in_total` of each [`Source`], resolved once (it counts every
