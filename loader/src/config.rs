@@ -206,8 +206,9 @@ pub struct BatchArgs {
     /// Write once this many events are pending. The row and byte caps bind only while
     /// the loader catches up (at a steady rate the age does): then each block is a part
     /// of every table the server merges later, and larger blocks cost far less merging
-    /// (README, "Loader and freshness benchmarks"). While no block of the topic is being
-    /// written, an eighth of this count (or of the byte size) is enough.
+    /// (README, "Loader and freshness benchmarks"). While the loader catches up (it reads
+    /// records more than the age after Kafka stored them) and no block of the topic is
+    /// being written, an eighth of this count (or of the byte size) is enough.
     #[arg(long, env = "LOADER_BATCH_MAX_ROWS", default_value_t = 50_000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub batch_max_rows: usize,
