@@ -75,11 +75,11 @@ impl FlushPolicy {
     /// that the insert is the same as before.
     ///
     /// The row count and byte size bind while the loader catches up (a backlog after an
-    /// outage, a replay): a block is then filled while the one before it is written. The
+    /// outage, or a server slower than the records come): a block is then filled while the one before it is written. The
     /// first block of a backlog has no write to overlap, and filling it to the caps
     /// would leave the server waiting (about a second at 5.8 kB events). So a batch of
     /// records read late (`Batch::behind`: Kafka stored one of them more than `max_age`
-    /// before it was read) is written with an eighth of the caps when nothing of its
+    /// before it was read, and the broker holds at least another eighth) is written with an eighth of the caps when nothing of its
     /// topic is in flight; the blocks after it fill while it is written, and grow back to
     /// the caps as long as the loader reads faster than the server writes. A loader that
     /// keeps up reads its records within milliseconds, and its batches are unchanged:
@@ -105,8 +105,14 @@ impl FlushPolicy {
     /// Whether `batch` holds an eighth of the row count or byte size (and at least
     /// `IDLE_MIN_*`).
     fn holds_an_eighth(&self, batch: &Batch) -> bool {
-        batch.events >= (self.max_rows / IDLE_FRACTION).max(IDLE_MIN_EVENTS)
+        batch.events >= self.idle_events()
             || batch.bytes >= (self.max_bytes / IDLE_FRACTION).max(IDLE_MIN_BYTES)
+    }
+
+    /// The events that make a block of an eighth of the row count (at least
+    /// `IDLE_MIN_EVENTS`).
+    pub fn idle_events(&self) -> usize {
+        (self.max_rows / IDLE_FRACTION).max(IDLE_MIN_EVENTS)
     }
 }
 
@@ -163,9 +169,9 @@ pub struct Origin {
     pub offset: i64,
     pub epoch: u32,
     pub first_record: u64,
-    /// Kafka stored the record more than the policy's `max_age` before it was read (by
-    /// its timestamp, the producer's clock: hosts whose clocks disagree by more than
-    /// that only move the moment a block is cut, see `FlushPolicy::due`).
+    /// The loader was catching up when it read the record: Kafka stored it more than the
+    /// policy's `max_age` before, and the consumer's statistics do not say otherwise
+    /// (see `Consume::behind`).
     pub behind: bool,
 }
 
@@ -360,6 +366,27 @@ mod tests {
         }
         assert_eq!(CATCHING_UP.due(&batch, t0, false), None);
         assert_eq!(CATCHING_UP.due(&batch, t0, true), Some(FlushReason::Idle));
+        let mut short = Batch::default();
+        for offset in 0..9 {
+            short.add_event(event(210_000), late(0, offset), t0);
+        }
+        assert_eq!(CATCHING_UP.due(&short, t0, true), None, "1.9 MB of 2 MiB");
+    }
+
+    #[test]
+    fn a_repeated_block_is_not_cut_early_while_catching_up() {
+        let t0 = Instant::now();
+        let planned = Planned {
+            name: "g:t:0:0-2999".into(),
+            last: BTreeMap::from([(0, 2_999)]),
+        };
+        let mut batch = Batch::repeating(planned, 1);
+        for offset in 0..2_999 {
+            batch.add_event(event(1), late(0, offset), t0);
+        }
+        assert_eq!(CATCHING_UP.due(&batch, t0, true), None);
+        batch.add_event(event(1), late(0, 2_999), t0);
+        assert_eq!(CATCHING_UP.due(&batch, t0, true), Some(FlushReason::Block));
     }
 
     #[test]
@@ -380,7 +407,9 @@ mod tests {
     fn tiny_caps_keep_cutting_by_size_while_catching_up() {
         let t0 = Instant::now();
         let mut batch = Batch::default();
-        batch.add_event(event(1), late(0, 0), t0);
+        // An eighth of 10,000 bytes, but under the 1 MiB floor.
+        batch.add_event(event(2_000), late(0, 0), t0);
+        assert_eq!(POLICY.due(&batch, t0, true), None);
         batch.add_event(event(1), late(0, 1), t0);
         assert_eq!(POLICY.due(&batch, t0, true), None);
         batch.add_event(event(1), late(0, 2), t0);

@@ -208,7 +208,8 @@ pub struct BatchArgs {
     /// of every table the server merges later, and larger blocks cost far less merging
     /// (README, "Loader and freshness benchmarks"). While the loader catches up (it reads
     /// records more than the age after Kafka stored them) and no block of the topic is
-    /// being written, an eighth of this count (or of the byte size) is enough.
+    /// being written, an eighth of this count (or of the byte size) is enough, and never
+    /// fewer than 1,000 events (or 1 MiB).
     #[arg(long, env = "LOADER_BATCH_MAX_ROWS", default_value_t = 50_000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub batch_max_rows: usize,

@@ -1,6 +1,9 @@
 //! Prometheus metrics plumbing: a `/metrics` endpoint for services without an HTTP API
 //! of their own, and consumer lag read from librdkafka's statistics.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use actix_web::{web, App, HttpResponse, HttpServer};
 use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 use rdkafka::consumer::ConsumerContext;
@@ -83,15 +86,44 @@ pub fn serve_configured(
 
 /// A consumer context that publishes the group's lag (records between the committed
 /// offset and the end of each assigned partition, summed) to a gauge, from the
-/// statistics librdkafka emits every `statistics.interval.ms`.
+/// statistics librdkafka emits every `statistics.interval.ms`; and keeps, per topic,
+/// how many records the broker holds beyond those handed to the application (see
+/// [`LagContext::unread`]).
 pub struct LagContext {
     lag: IntGauge,
+    unread: Mutex<HashMap<String, i64>>,
 }
 
 impl LagContext {
     pub fn new(lag: IntGauge) -> LagContext {
-        LagContext { lag }
+        LagContext {
+            lag,
+            unread: Mutex::new(HashMap::new()),
+        }
     }
+
+    /// Records of `topic`'s assigned partitions the broker holds beyond those handed to
+    /// the application, by the last statistics (so up to `statistics.interval.ms` old);
+    /// `None` before the first statistics that tell.
+    pub fn unread(&self, topic: &str) -> Option<i64> {
+        self.unread.lock().expect("unread lock").get(topic).copied()
+    }
+}
+
+/// Per topic, the records past each partition's application offset up to its high
+/// watermark, summed, from `(topic, partition, high watermark, application offset)`
+/// rows; partitions librdkafka does not know the offsets of (-1) are left out, and a
+/// topic with none of them known is absent.
+pub fn unread_by_topic<'a>(
+    partitions: impl IntoIterator<Item = (&'a str, i32, i64, i64)>,
+) -> HashMap<String, i64> {
+    let mut unread = HashMap::new();
+    for (topic, partition, high, app) in partitions {
+        if partition >= 0 && high >= 0 && app >= 0 {
+            *unread.entry(topic.to_owned()).or_insert(0) += (high - app).max(0);
+        }
+    }
+    unread
 }
 
 impl ClientContext for LagContext {
@@ -104,6 +136,13 @@ impl ClientContext for LagContext {
             .map(|p| p.consumer_lag)
             .sum();
         self.lag.set(lag);
+        let unread = unread_by_topic(statistics.topics.iter().flat_map(|(name, topic)| {
+            topic
+                .partitions
+                .values()
+                .map(move |p| (name.as_str(), p.partition, p.hi_offset, p.app_offset))
+        }));
+        *self.unread.lock().expect("unread lock") = unread;
     }
 }
 
@@ -183,3 +222,26 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 pub const COUNT_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unread_records_are_summed_per_topic_over_the_partitions_whose_offsets_are_known() {
+        let unread = unread_by_topic([
+            ("normalized", 0, 1_500, 500),
+            ("normalized", 1, 40, 40),
+            // Not assigned here (no application offset), and librdkafka's internal one.
+            ("normalized", 2, 9_000, -1001),
+            ("normalized", -1, -1, -1),
+            // An offset past the watermark it last heard of counts as nothing unread.
+            ("dlq", 0, 10, 12),
+            ("other", 0, -1, 5),
+        ]);
+        assert_eq!(
+            unread,
+            HashMap::from([("normalized".to_owned(), 1_000), ("dlq".to_owned(), 0)])
+        );
+    }
+}
