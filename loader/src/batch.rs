@@ -75,15 +75,16 @@ impl FlushPolicy {
     /// that the insert is the same as before.
     ///
     /// The row count and byte size bind while the loader catches up (a backlog after an
-    /// outage, or a server slower than the records come): a block is then filled while the one before it is written. The
-    /// first block of a backlog has no write to overlap, and filling it to the caps
-    /// would leave the server waiting (about a second at 5.8 kB events). So a batch of
-    /// records read late (`Batch::behind`: Kafka stored one of them more than `max_age`
-    /// before it was read, and the broker holds at least another eighth) is written with an eighth of the caps when nothing of its
-    /// topic is in flight; the blocks after it fill while it is written, and grow back to
-    /// the caps as long as the loader reads faster than the server writes. A loader that
-    /// keeps up reads its records within milliseconds, and its batches are unchanged:
-    /// the age binds, one insert per second per table.
+    /// outage, or a server slower than the records come): a block is then filled while
+    /// the one before it is written. The first block of a backlog has no write to
+    /// overlap, and filling it to the caps would leave the server waiting (about a
+    /// second at 5.8 kB events). So a batch of records read late (`Batch::behind`: Kafka
+    /// stored one of them more than `max_age` before it was read, and the broker holds
+    /// at least another eighth) is written with an eighth of the caps when nothing of
+    /// its topic is in flight; the blocks after it fill while it is written, and grow
+    /// back to the caps as long as the loader reads faster than the server writes. A
+    /// loader that keeps up reads its records within milliseconds, and its batches are
+    /// unchanged: the age binds, one insert per second per table.
     pub fn due(&self, batch: &Batch, now: Instant, idle: bool) -> Option<FlushReason> {
         let started = batch.started?;
         if let Some(planned) = &batch.planned {

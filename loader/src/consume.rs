@@ -260,7 +260,6 @@ impl<'a> Consume<'a> {
                 Source::Normalized
             });
         let step = self.step(&tp, offset, payload).await?;
-        let behind = self.behind(message);
         let state = self.topics.entry(tp.topic.clone()).or_default();
         let (batch, ends_at) = match step {
             Step::Skip { last } => {
@@ -286,7 +285,9 @@ impl<'a> Consume<'a> {
             } else {
                 block::fingerprint(payload)
             },
-            behind,
+            // Asked once per batch while catching up (a lock and a lookup per record
+            // otherwise).
+            behind: batch.behind || catching_up(&self.policy, self.consumer.context(), message),
         };
         // Continues the webhook's trace (from the header transform set) until the
         // insert; a record that carries no trace costs no span.
@@ -324,24 +325,6 @@ impl<'a> Consume<'a> {
             self.end_step(&tp);
         }
         Ok(())
-    }
-
-    /// Whether the loader is catching up at `message` (see `FlushPolicy::due`): Kafka
-    /// stored it more than the age before now, by its timestamp; unless the last
-    /// statistics say that the broker holds fewer records of its topic than a block of
-    /// an eighth of the caps beyond those read, which keeps a producer's clock running
-    /// behind the loader's from looking like a backlog. (The timestamp answers at once,
-    /// the statistics every 5 s; a timestamp ahead of the loader's clock, or none, reads
-    /// as not behind.)
-    fn behind(&self, message: &BorrowedMessage<'_>) -> bool {
-        let late = message.timestamp().to_millis().is_some_and(|stored_ms| {
-            runtime::now_ms().saturating_sub(stored_ms) > self.policy.max_age.as_millis() as i64
-        });
-        late && self
-            .consumer
-            .context()
-            .unread(message.topic())
-            .is_none_or(|unread| unread >= self.policy.idle_events() as i64)
     }
 
     /// What to do with a partition's record at `offset`: asks the block log where the
@@ -512,6 +495,21 @@ fn due(state: &mut TopicState, policy: &FlushPolicy, now: Instant) -> Option<(Wh
     policy
         .due(&state.pending, now, idle)
         .map(|reason| (Which::Pending, reason))
+}
+
+/// Whether the loader is catching up at `message` (see `FlushPolicy::due`): Kafka stored
+/// it more than the age before now, by its timestamp; unless the last statistics say
+/// that the broker holds fewer records of its topic beyond those read than a block of an
+/// eighth of the row count, which keeps a producer's clock running behind the loader's
+/// from looking like a backlog. (The timestamp answers at once, the statistics every
+/// 5 s; a timestamp ahead of the loader's clock, or none, reads as not behind.)
+fn catching_up(policy: &FlushPolicy, context: &LagContext, message: &BorrowedMessage<'_>) -> bool {
+    let late = message.timestamp().to_millis().is_some_and(|stored_ms| {
+        runtime::now_ms().saturating_sub(stored_ms) > policy.max_age.as_millis() as i64
+    });
+    late && context
+        .unread(message.topic())
+        .is_none_or(|unread| unread >= policy.idle_events() as i64)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
